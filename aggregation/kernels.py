@@ -2,53 +2,101 @@
 
 Median, trimmed mean and Bulyan's "mean around the median" all reduce each
 column of the matrix through its sorted values. This module is the one place
-that does it, so the compiled CPU kernels and the torch path (CUDA, or CPU
-without the compiled kernels) stay interchangeable behind three functions.
+that does it, behind three functions with two interchangeable back ends:
+
+* **compiled** (CPU tensors, numba importable): the columns are cut into tiles
+  of a few hundred; each tile is copied into a small buffer that stays in
+  cache, and a sorting network runs across the tile's columns at once, so
+  every compare-exchange is a branch-free vector min/max over the whole tile
+  (Batcher, 1968). The network is pruned to the comparators the statistic
+  needs (a median of 50 needs 330 of Batcher's 403). Tiles run on a thread
+  pool; the kernels release the GIL.
+* **torch** (CUDA tensors, or no numba — the lean client install): a full
+  ``torch.sort`` along the rows.
+
+Both refuse NaN and ±Inf with ``InvalidUpdatesError``: validation refuses
+such updates earlier, and an order statistic over NaN has no meaning.
+
+Agreement between the back ends: the median, and the window of values Bulyan
+averages, are selected identically, so the median is bit-exact. Means of
+several values (trimmed mean, mean around the median) are summed in float64
+by the compiled kernels and in the input dtype by torch, so they agree within
+``k·ε·max|x|`` for k averaged values of dtype epsilon ε.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.util
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
 import torch
+
+from .errors import InvalidUpdatesError
+
+LOGGER = logging.getLogger(__name__)
+
+# Whether CPU tensors go to the compiled kernels. Found once without importing
+# numba (an import costs ~0.3 s that a client which never aggregates should not pay);
+# set it to False to force the torch path.
+NUMBA_AVAILABLE: bool = importlib.util.find_spec("numba") is not None
+
+Backend = Literal["compiled", "torch"]
+
+# Below this many elements a single kernel call on the caller's thread beats
+# handing tiles to the pool.
+PARALLEL_MIN_ELEMENTS = 1 << 18
+# Chunks handed to the pool per thread: more than one evens out a thread that
+# the OS (or another process) slows down.
+CHUNKS_PER_THREAD = 4
+# Bytes of one row of a tile. 1 KiB keeps a tile of n ≤ 50 rows in L2 and the
+# per-comparator loop long enough to amortise its set-up.
+TILE_ROW_BYTES = 1024
+NONFINITE_MESSAGE = "updates contain NaN or Inf; validate updates before aggregating"
+
+
+# ---------------------------------------------------------------- public API
 
 
 def column_median(updates: torch.Tensor) -> torch.Tensor:
-    """Coordinate-wise median; for even n the mean of the two middle values."""
-    n = updates.shape[0]
-    ordered = torch.sort(updates, dim=0).values
-    if n % 2 == 1:
-        return ordered[n // 2].clone()
-    return (ordered[n // 2 - 1] + ordered[n // 2]) / 2
+    """Coordinate-wise median; for even n the mean of the two middle values (as ``np.median``)."""
+    if kernel_backend(updates) == "compiled":
+        n = updates.shape[0]
+        return _run_compiled("median", updates, _median_network(n), 0)
+    return _torch_column_median(updates)
 
 
 def column_trimmed_mean(updates: torch.Tensor, trim: int) -> torch.Tensor:
     """Coordinate-wise mean after dropping the ``trim`` smallest and largest values."""
     n = updates.shape[0]
-    if trim == 0:
-        return updates.mean(dim=0)
-    ordered = torch.sort(updates, dim=0).values
-    return ordered[trim : n - trim].mean(dim=0)
+    if not 0 <= 2 * trim < n:
+        raise ValueError(f"trim must satisfy 0 ≤ 2·trim < n, got trim={trim}, n={n}")
+    if kernel_backend(updates) == "compiled":
+        return _run_compiled("trimmed_mean", updates, _trimmed_network(n, trim), trim)
+    return _torch_column_trimmed_mean(updates, trim)
 
 
 def column_mean_around_median(updates: torch.Tensor, keep: int) -> torch.Tensor:
     """Per coordinate, the mean of the ``keep`` values closest to the median.
 
     Bulyan's second stage (El Mhamdi et al., 2018). The ``keep`` closest values
-    form a contiguous window of the sorted column, so a sliding window over the
-    sorted values finds them without a second sort.
+    form a contiguous window of the sorted column; the window with the smallest
+    spread around the median is the first one (lowest start) minimising
+    ``max(median − first, last − median)``, both differences taken in the
+    input dtype, so both back ends pick the same window.
     """
     n = updates.shape[0]
-    ordered = torch.sort(updates, dim=0).values
-    median = column_median_sorted(ordered)
-    # Window w covers ordered[w : w + keep]; its spread around the median is
-    # max(median - ordered[w], ordered[w + keep - 1] - median). The window with
-    # the smallest spread holds the `keep` values closest to the median.
-    lows = median - ordered[: n - keep + 1]
-    highs = ordered[keep - 1 :] - median
-    spread = torch.maximum(lows, highs)
-    best = spread.argmin(dim=0)
-    cumulative = torch.cat([torch.zeros_like(ordered[:1]), torch.cumsum(ordered, dim=0)], dim=0)
-    window_sum = cumulative.gather(0, (best + keep)[None]) - cumulative.gather(0, best[None])
-    return window_sum[0] / keep
+    if not 1 <= keep <= n:
+        raise ValueError(f"keep must satisfy 1 ≤ keep ≤ n, got keep={keep}, n={n}")
+    if kernel_backend(updates) == "compiled":
+        return _run_compiled("mean_around_median", updates, _full_network(n), keep)
+    return _torch_column_mean_around_median(updates, keep)
 
 
 def column_median_sorted(ordered: torch.Tensor) -> torch.Tensor:
@@ -57,3 +105,242 @@ def column_median_sorted(ordered: torch.Tensor) -> torch.Tensor:
     if n % 2 == 1:
         return ordered[n // 2]
     return (ordered[n // 2 - 1] + ordered[n // 2]) / 2
+
+
+def kernel_backend(updates: torch.Tensor) -> Backend:
+    """The back end the three functions use for ``updates``.
+
+    Compiled for float32/float64 CPU tensors outside autograd when numba is
+    installed; torch otherwise (CUDA, a lean install, or a tensor that needs
+    gradients, which the kernels would silently detach).
+    """
+    if (
+        NUMBA_AVAILABLE
+        and updates.device.type == "cpu"
+        and updates.dtype in (torch.float32, torch.float64)
+        and not updates.requires_grad
+    ):
+        return "compiled"
+    return "torch"
+
+
+# ---------------------------------------------------------------- torch path
+
+
+def _torch_column_median(updates: torch.Tensor) -> torch.Tensor:
+    ordered = _torch_sorted_finite(updates)
+    return column_median_sorted(ordered).clone()
+
+
+def _torch_column_trimmed_mean(updates: torch.Tensor, trim: int) -> torch.Tensor:
+    n = updates.shape[0]
+    if trim == 0:
+        _require_finite(updates)
+        return updates.mean(dim=0)
+    ordered = _torch_sorted_finite(updates)
+    return ordered[trim : n - trim].mean(dim=0)
+
+
+def _torch_column_mean_around_median(updates: torch.Tensor, keep: int) -> torch.Tensor:
+    n = updates.shape[0]
+    ordered = _torch_sorted_finite(updates)
+    median = column_median_sorted(ordered)
+    # Window w covers ordered[w : w + keep]; its spread around the median is
+    # max(median - ordered[w], ordered[w + keep - 1] - median).
+    lows = median - ordered[: n - keep + 1]
+    highs = ordered[keep - 1 :] - median
+    best = torch.maximum(lows, highs).argmin(dim=0, keepdim=True)
+    # Sum the window value by value (keep ≤ n gathers of one row each) in
+    # float64. Differences of running sums would be cheaper but cancel: a
+    # large value below the window wipes out the small ones inside it.
+    total = torch.zeros(updates.shape[1], dtype=torch.float64, device=updates.device)
+    for offset in range(keep):
+        total += ordered.gather(0, best + offset)[0].to(torch.float64)
+    return (total / keep).to(updates.dtype)
+
+
+def _torch_sorted_finite(updates: torch.Tensor) -> torch.Tensor:
+    """Column-sorted copy; refuses NaN/Inf by looking at the extreme rows only.
+
+    ``torch.sort`` places NaN last and ±Inf at the ends, so the first and last
+    sorted rows reveal any non-finite value without another pass.
+    """
+    ordered = torch.sort(updates, dim=0).values
+    if not bool(torch.isfinite(ordered[0]).all() & torch.isfinite(ordered[-1]).all()):
+        raise InvalidUpdatesError(NONFINITE_MESSAGE)
+    return ordered
+
+
+def _require_finite(updates: torch.Tensor) -> None:
+    if not bool(torch.isfinite(updates).all()):
+        raise InvalidUpdatesError(NONFINITE_MESSAGE)
+
+
+# ---------------------------------------------------------------- sorting networks
+
+
+Network = tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]
+
+
+def batcher_comparators(n: int) -> list[tuple[int, int]]:
+    """Batcher's odd–even merge sort for n wires as (low, high) compare-exchange pairs.
+
+    Built for the next power of two with every comparator that touches a wire
+    ≥ n dropped: those wires act as +∞ padding, which such a comparator never
+    moves, so the result still sorts n wires (Knuth, TAOCP 5.3.4).
+    """
+    pairs: list[tuple[int, int]] = []
+    merge_size = 1
+    while merge_size < n:
+        gap = merge_size
+        while gap >= 1:
+            for base in range(gap % merge_size, n - gap, 2 * gap):
+                for offset in range(min(gap, n - base - gap)):
+                    low = base + offset
+                    # Only compare wires inside the same pair of merged blocks.
+                    if low // (2 * merge_size) == (low + gap) // (2 * merge_size):
+                        pairs.append((low, low + gap))
+            gap //= 2
+        merge_size *= 2
+    return pairs
+
+
+def prune_comparators(
+    pairs: list[tuple[int, int]], n: int, outputs: list[frozenset[int]]
+) -> list[tuple[int, int]]:
+    """Drop the comparators that cannot change the multisets read from ``outputs``.
+
+    Walking backwards, each wire carries a class: wires whose final values are
+    never read are dead, and the statistic is symmetric under swapping two
+    wires of the same class (the median's middle pair, the trimmed mean's kept
+    rows are summed). A comparator between two dead wires, or two wires of one
+    class, is a no-op for the statistic. A kept comparator makes its two input
+    wires a class of their own: its output is symmetric in its inputs.
+    """
+    dead = -1
+    label = [dead] * n
+    for index, wires in enumerate(outputs):
+        for wire in wires:
+            label[wire] = index
+    next_label = len(outputs)
+    kept: list[tuple[int, int]] = []
+    for low, high in reversed(pairs):
+        if label[low] == label[high]:
+            continue
+        kept.append((low, high))
+        label[low] = label[high] = next_label
+        next_label += 1
+    kept.reverse()
+    return kept
+
+
+def _as_network(pairs: list[tuple[int, int]]) -> Network:
+    array = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    return np.ascontiguousarray(array[:, 0]), np.ascontiguousarray(array[:, 1])
+
+
+@functools.lru_cache(maxsize=256)
+def _median_network(n: int) -> Network:
+    middle = frozenset({(n - 1) // 2, n // 2})
+    return _as_network(prune_comparators(batcher_comparators(n), n, [middle]))
+
+
+@functools.lru_cache(maxsize=256)
+def _trimmed_network(n: int, trim: int) -> Network:
+    kept_rows = frozenset(range(trim, n - trim))
+    return _as_network(prune_comparators(batcher_comparators(n), n, [kept_rows]))
+
+
+@functools.lru_cache(maxsize=256)
+def _full_network(n: int) -> Network:
+    return _as_network(batcher_comparators(n))
+
+
+# ---------------------------------------------------------------- compiled path
+
+
+def _run_compiled(
+    statistic: str, updates: torch.Tensor, network: Network, parameter: int
+) -> torch.Tensor:
+    """Run one compiled kernel over column chunks on the thread pool."""
+    kernels = _compiled_kernels()
+    if kernels is None:  # numba failed to import after all
+        return _torch_fallback(statistic, updates, parameter)
+    kernel = kernels[statistic]
+    matrix = updates.detach().contiguous()
+    n, d = matrix.shape
+    values = matrix.numpy()
+    result = torch.empty(d, dtype=matrix.dtype)
+    out = result.numpy()
+    tile = max(16, TILE_ROW_BYTES // values.itemsize)
+    low, high = network
+    threads = worker_count()
+    try:
+        if threads == 1 or n * d < PARALLEL_MIN_ELEMENTS:
+            nonfinite = bool(kernel(values, out, low, high, 0, d, tile, parameter))
+        else:
+            chunk = -(-d // (threads * CHUNKS_PER_THREAD))
+            chunk = -(-chunk // tile) * tile
+            pool = _thread_pool(threads)
+            futures = [
+                pool.submit(
+                    kernel, values, out, low, high, start, min(d, start + chunk), tile, parameter
+                )
+                for start in range(0, d, chunk)
+            ]
+            nonfinite = any([bool(future.result()) for future in futures])
+    except OSError as error:
+        # numba writes its on-disk cache after compiling; a failed write (read-only
+        # or full disk) must not fail aggregation. The compiled code stays loaded,
+        # so the next call runs it without writing again.
+        LOGGER.warning("numba could not write its cache (%s); using torch for this call", error)
+        return _torch_fallback(statistic, updates, parameter)
+    if nonfinite:
+        raise InvalidUpdatesError(NONFINITE_MESSAGE)
+    return result
+
+
+def worker_count() -> int:
+    """Threads for the kernels: torch's intra-op setting, so one knob sizes both."""
+    return max(1, torch.get_num_threads())
+
+
+def _torch_fallback(statistic: str, updates: torch.Tensor, parameter: int) -> torch.Tensor:
+    if statistic == "median":
+        return _torch_column_median(updates)
+    if statistic == "trimmed_mean":
+        return _torch_column_trimmed_mean(updates, parameter)
+    return _torch_column_mean_around_median(updates, parameter)
+
+
+_POOL_LOCK = threading.Lock()
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+
+
+def _thread_pool(threads: int) -> ThreadPoolExecutor:
+    """One pool per thread count (torch.set_num_threads may change between calls)."""
+    with _POOL_LOCK:
+        pool = _POOLS.get(threads)
+        if pool is None:
+            pool = ThreadPoolExecutor(threads, thread_name_prefix="ztfl-kernels")
+            _POOLS[threads] = pool
+        return pool
+
+
+@functools.cache
+def _compiled_kernels() -> dict[str, Callable[..., Any]] | None:
+    """The compiled kernels by statistic (numba compiles each per dtype on first call).
+
+    Imported lazily: importing numba costs ~0.3 s that a process which never
+    aggregates on CPU should not pay.
+    """
+    try:
+        from . import numba_kernels
+    except ImportError as error:  # numba present but broken (e.g. a NumPy it does not support)
+        LOGGER.warning("numba does not import (%s); using the torch kernels", error)
+        return None
+    return {
+        "median": numba_kernels.median_kernel,
+        "trimmed_mean": numba_kernels.trimmed_mean_kernel,
+        "mean_around_median": numba_kernels.mean_around_median_kernel,
+    }
