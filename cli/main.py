@@ -1,4 +1,35 @@
-"""placeholder"""
+"""The ``ztfl`` command line."""
+
+from __future__ import annotations
+
+import os
+
 import typer
 
-app = typer.Typer()
+from .simulate import simulate
+
+# Offline by default: no Flower telemetry, no Ray usage statistics.
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+app = typer.Typer(
+    name="ztfl",
+    help="ztfl — zero-trust federated learning on Flower: robust aggregation, checked updates, "
+    "and (in later releases) signed models and an audited trail.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+app.command()(simulate)
+
+
+@app.command()
+def version() -> None:
+    """Print the installed ztfl and Flower versions."""
+    from importlib.metadata import version as installed
+
+    typer.echo(f"ztfl {installed('ztfl')} (flwr {installed('flwr')})")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,195 @@
+"""The data holder's ClientApp: receive the global model, train locally, reply with the update.
+
+``build_client_app`` assembles a ClientApp around a data loader; the module-level
+``app`` (what ``[tool.flwr.app.components]`` names) loads data through the node's
+dataset hook, or, in a Flower simulation, from the bundled default data
+partitioned by ``partition-id``. Every refusal is a Flower ``Error`` reply with a
+``ClientErrorCode``, so the coordinator records why — nothing is trained on
+input the client could not check.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from functools import lru_cache
+
+import torch
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Error,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.clientapp import ClientApp
+
+from . import protocol
+from .data import ClientData, DatasetConfigError, load_node_data
+from .models import UnknownModelError, build_model
+from .trainer import TrainingConfig, evaluate, load_weights, train_update
+
+logger = logging.getLogger(__name__)
+
+ContextDataLoader = Callable[[Context], ClientData]
+
+
+class ClientRefusal(Exception):
+    """A round this client will not run, with the code it replies with."""
+
+    def __init__(self, code: protocol.ClientErrorCode, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+def build_client_app(load_data: ContextDataLoader) -> ClientApp:
+    """A ClientApp that trains and evaluates on the data ``load_data`` returns."""
+    client_app = ClientApp()
+
+    @client_app.train()
+    def train(message: Message, context: Context) -> Message:
+        try:
+            return handle_train(message, load_data(context))
+        except ClientRefusal as refusal:
+            return refusal_reply(message, refusal)
+        except DatasetConfigError as error:
+            return refusal_reply(message, ClientRefusal(protocol.ClientErrorCode.NO_DATA, str(error)))
+
+    @client_app.evaluate()
+    def evaluate_model(message: Message, context: Context) -> Message:
+        try:
+            return handle_evaluate(message, load_data(context))
+        except ClientRefusal as refusal:
+            return refusal_reply(message, refusal)
+        except DatasetConfigError as error:
+            return refusal_reply(message, ClientRefusal(protocol.ClientErrorCode.NO_DATA, str(error)))
+
+    return client_app
+
+
+def handle_train(message: Message, data: ClientData) -> Message:
+    """Train on ``data`` from the message's global model; reply with update and metrics."""
+    model, config = _prepare(message)
+    training = _training_config(config)
+    if data.num_train == 0:
+        raise ClientRefusal(protocol.ClientErrorCode.NO_DATA, "no training examples")
+    torch.set_num_threads(1)
+    result = train_update(model, data, training)
+    content = RecordDict(
+        {
+            protocol.UPDATE_KEY: ArrayRecord(
+                {name: Array(values) for name, values in result.update.items()}
+            ),
+            protocol.METRICS_KEY: MetricRecord(
+                {
+                    protocol.NUM_EXAMPLES: result.num_examples,
+                    protocol.TRAIN_LOSS: result.loss,
+                    protocol.TRAIN_ACCURACY: result.accuracy,
+                }
+            ),
+        }
+    )
+    return Message(content, reply_to=message)
+
+
+def handle_evaluate(message: Message, data: ClientData) -> Message:
+    """Evaluate the message's global model on the local test split."""
+    model, _ = _prepare(message)
+    torch.set_num_threads(1)
+    loss, accuracy = evaluate(model, data.test_features, data.test_labels)
+    metrics = MetricRecord(
+        {
+            protocol.NUM_EXAMPLES: data.num_test,
+            protocol.EVAL_LOSS: loss,
+            protocol.EVAL_ACCURACY: accuracy,
+        }
+    )
+    return Message(RecordDict({protocol.METRICS_KEY: metrics}), reply_to=message)
+
+
+def _prepare(message: Message) -> tuple[torch.nn.Module, ConfigRecord]:
+    """Check the message and build the named model holding the global weights."""
+    if not message.has_content():
+        raise ClientRefusal(protocol.ClientErrorCode.INVALID_MESSAGE, "message has no content")
+    content = message.content
+    if protocol.GLOBAL_MODEL_KEY not in content.array_records:
+        raise ClientRefusal(protocol.ClientErrorCode.INVALID_MESSAGE, "no global model in message")
+    if protocol.CONFIG_KEY not in content.config_records:
+        raise ClientRefusal(protocol.ClientErrorCode.INVALID_MESSAGE, "no round configuration")
+    config = content.config_records[protocol.CONFIG_KEY]
+    model_name = config.get(protocol.MODEL)
+    if not isinstance(model_name, str):
+        raise ClientRefusal(protocol.ClientErrorCode.INVALID_CONFIG, "round names no model")
+    try:
+        model = build_model(model_name)
+    except UnknownModelError as error:
+        raise ClientRefusal(protocol.ClientErrorCode.UNKNOWN_MODEL, str(error)) from error
+    try:
+        weights = content.array_records[protocol.GLOBAL_MODEL_KEY]
+        load_weights(model, {name: array.numpy() for name, array in weights.items()})
+    except (ValueError, TypeError) as error:
+        raise ClientRefusal(protocol.ClientErrorCode.MODEL_MISMATCH, str(error)) from error
+    return model, config
+
+
+def _training_config(config: ConfigRecord) -> TrainingConfig:
+    """Read and range-check the coordinator's training settings."""
+    try:
+        return TrainingConfig(
+            local_epochs=_int_setting(config, protocol.LOCAL_EPOCHS),
+            learning_rate=_float_setting(config, protocol.LEARNING_RATE),
+            batch_size=_int_setting(config, protocol.BATCH_SIZE),
+            seed=_int_setting(config, protocol.SEED),
+        )
+    except ValueError as error:
+        raise ClientRefusal(protocol.ClientErrorCode.INVALID_CONFIG, str(error)) from error
+
+
+def _int_setting(config: ConfigRecord, key: str) -> int:
+    value = config.get(key)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"{key} must be an integer, got {value!r}")
+    return value
+
+
+def _float_setting(config: ConfigRecord, key: str) -> float:
+    value = config.get(key)
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise ValueError(f"{key} must be a number, got {value!r}")
+    return float(value)
+
+
+def refusal_reply(message: Message, refusal: ClientRefusal) -> Message:
+    """The error reply that tells the coordinator why this client refused the round."""
+    logger.warning("refusing round: %s (%s)", refusal.reason, refusal.code.name)
+    return Message(Error(code=int(refusal.code), reason=refusal.reason), reply_to=message)
+
+
+@lru_cache(maxsize=4)
+def _simulation_partition(partition_id: int, num_partitions: int, alpha: float, seed: int) -> ClientData:
+    from ztfl.simulations.datasets import load_digits_partition
+
+    return load_digits_partition(partition_id, num_partitions, alpha=alpha, seed=seed)
+
+
+def load_context_data(context: Context) -> ClientData:
+    """The node's dataset hook, or in a Flower simulation its share of the bundled digits."""
+    if "dataset" in context.node_config:
+        return load_node_data(context.node_config)
+    if "partition-id" in context.node_config and "num-partitions" in context.node_config:
+        alpha = context.run_config.get("partition-alpha", 0.5)
+        seed = context.run_config.get("seed", 0)
+        return _simulation_partition(
+            int(context.node_config["partition-id"]),
+            int(context.node_config["num-partitions"]),
+            float(alpha) if isinstance(alpha, int | float) else 0.5,
+            int(seed) if isinstance(seed, int) else 0,
+        )
+    return load_node_data(context.node_config)
+
+
+app = build_client_app(load_context_data)

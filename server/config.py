@@ -1,0 +1,142 @@
+"""The coordinator's configuration: a frozen dataclass validated when built.
+
+Flower hands the ServerApp a flat ``run_config`` (from ``[tool.flwr.app.config]``
+or ``--run-config``); ``CoordinatorConfig.from_run_config`` is the one place
+that parses it, so a bad value fails before the first round with a message
+naming the key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from enum import StrEnum
+from typing import Any
+
+from ztfl.aggregation import Pipeline, build_pipeline
+
+
+class Weighting(StrEnum):
+    """How client updates are weighted. Reported example counts are never taken on trust."""
+
+    UNIFORM = "uniform"
+    """Every accepted update counts the same (the default)."""
+    CAPPED_EXAMPLES = "capped-examples"
+    """Weight by the reported example count, capped at ``max-examples``; both are recorded."""
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, of the wrong type or out of range."""
+
+
+@dataclass(frozen=True)
+class CoordinatorConfig:
+    """Everything one federated run needs to know, with secure, working defaults."""
+
+    num_rounds: int = 5
+    clients_per_round: int = 0
+    min_nodes: int = 2
+    pipeline: str = "arc -> nnm -> trimmed_mean"
+    num_byzantine: int = 0
+    max_update_norm: float = 100.0
+    weighting: Weighting = Weighting.UNIFORM
+    max_examples: int = 10_000
+    model: str = "mlp"
+    local_epochs: int = 2
+    learning_rate: float = 0.05
+    batch_size: int = 16
+    seed: int | None = None
+    round_timeout_s: float = 600.0
+    node_wait_timeout_s: float = 120.0
+    federated_evaluation: bool = True
+
+    def __post_init__(self) -> None:
+        checks = {
+            "num-server-rounds": self.num_rounds >= 1,
+            "clients-per-round": self.clients_per_round >= 0,
+            "min-nodes": self.min_nodes >= 1,
+            "num-byzantine": self.num_byzantine >= 0,
+            "max-update-norm": self.max_update_norm > 0,
+            "max-examples": self.max_examples >= 1,
+            "local-epochs": self.local_epochs >= 1,
+            "learning-rate": self.learning_rate > 0,
+            "batch-size": self.batch_size >= 1,
+            "round-timeout-s": self.round_timeout_s > 0,
+            "node-wait-timeout-s": self.node_wait_timeout_s > 0,
+        }
+        for key, ok in checks.items():
+            if not ok:
+                raise ConfigError(f"{key} is out of range")
+        pipeline = self.build_pipeline()
+        if self.weighting is not Weighting.UNIFORM and not pipeline.supports_weights:
+            raise ConfigError(
+                f"weighting={self.weighting} needs a rule that uses weights; "
+                f"{pipeline.rule.name} does not"
+            )
+        if self.clients_per_round and self.clients_per_round < pipeline.minimum_clients():
+            raise ConfigError(
+                f"pipeline '{pipeline.description}' with num-byzantine={self.num_byzantine} needs "
+                f"at least {pipeline.minimum_clients()} updates per round; "
+                f"clients-per-round is {self.clients_per_round}"
+            )
+
+    def build_pipeline(self) -> Pipeline:
+        """The aggregation pipeline this configuration names."""
+        try:
+            return build_pipeline(self.pipeline, num_byzantine=self.num_byzantine)
+        except ValueError as error:
+            raise ConfigError(f"pipeline: {error}") from error
+
+    @classmethod
+    def from_run_config(cls, run_config: Mapping[str, Any]) -> CoordinatorConfig:
+        """Parse Flower's flat run config (kebab-case keys); unknown keys are refused."""
+        known = {_key(field.name): field for field in fields(cls)}
+        unknown = sorted(set(run_config) - set(known) - IGNORED_RUN_CONFIG_KEYS)
+        if unknown:
+            raise ConfigError(f"unknown configuration key(s): {', '.join(unknown)}")
+        values: dict[str, Any] = {}
+        for key, field in known.items():
+            if key not in run_config:
+                continue
+            values[field.name] = _convert(key, run_config[key], str(field.type))
+        return cls(**values)
+
+
+# Keys the Flower app declares for the client side (data partitioning in
+# simulation) rather than for the coordinator.
+IGNORED_RUN_CONFIG_KEYS = frozenset({"partition-alpha"})
+
+_RENAMES = {"num_rounds": "num-server-rounds"}
+
+
+def _key(field_name: str) -> str:
+    return _RENAMES.get(field_name, field_name.replace("_", "-"))
+
+
+def _convert(key: str, value: Any, annotation: str) -> Any:
+    """Coerce a run-config value to the field's type, refusing lossy conversions."""
+    if annotation == "Weighting":
+        try:
+            return Weighting(value)
+        except ValueError:
+            choices = ", ".join(item.value for item in Weighting)
+            raise ConfigError(f"{key} must be one of {choices}, got {value!r}") from None
+    if annotation == "bool":
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if annotation in ("int", "int | None"):
+        if annotation == "int | None" and (value is None or value == ""):
+            return None
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key} must be an integer, got {value!r}")
+    if annotation == "float":
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key} must be a number, got {value!r}")
+    if annotation == "str":
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key} must be a string, got {value!r}")
+    raise ConfigError(f"{key}: unsupported type {annotation}")

@@ -1,0 +1,33 @@
+"""Which nodes take part in a round.
+
+Sampling must be unpredictable to clients (an attacker who knows when it will
+be sampled can time its attack), so without a seed the generator is seeded
+from the operating system's secure source; a seed makes simulations
+reproducible.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+
+import numpy as np
+
+
+class NodeSampler:
+    """Uniform sampling without replacement from the eligible nodes."""
+
+    def __init__(self, seed: int | None = None) -> None:
+        self._generator = np.random.default_rng(secrets.randbits(128) if seed is None else seed)
+
+    def sample(self, node_ids: Sequence[int], count: int) -> tuple[int, ...]:
+        """``count`` distinct nodes (all of them when ``count`` is 0 or too large), sorted."""
+        ordered = sorted(node_ids)
+        if count <= 0 or count >= len(ordered):
+            return tuple(ordered)
+        chosen = self._generator.choice(len(ordered), size=count, replace=False)
+        return tuple(sorted(ordered[int(index)] for index in chosen))
+
+    def draw_seed(self) -> int:
+        """A fresh 31-bit seed for a client's local randomness."""
+        return int(self._generator.integers(0, 2**31 - 1))

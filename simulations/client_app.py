@@ -1,0 +1,106 @@
+"""The ClientApp that simulated clients run: the real training code on a share of the bundled data.
+
+It reads its data share and role from the ``ztfl.simulation`` record the
+simulated adversary adds, poisons its data when it is a Byzantine client under
+a data attack, then runs exactly the handlers a real client runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from functools import lru_cache
+
+from flwr.app import ConfigRecord, Context, Message
+from flwr.clientapp import ClientApp
+
+from ztfl.client import protocol
+from ztfl.client.app import ClientRefusal, handle_evaluate, handle_train, refusal_reply
+from ztfl.client.data import ClientData
+
+from .adversary import SIMULATION_KEY
+from .attacks import resolve_attack
+from .datasets import PartitionError, load_digits_partition
+
+
+def build_simulation_client_app() -> ClientApp:
+    """A ClientApp for Flower's simulation engine."""
+    client_app = ClientApp()
+
+    @client_app.train()
+    def train(message: Message, context: Context) -> Message:
+        try:
+            _reseed(message, context)
+            reply = handle_train(message, _simulated_data(message, context))
+        except ClientRefusal as refusal:
+            reply = refusal_reply(message, refusal)
+        return _tag(reply, context)
+
+    @client_app.evaluate()
+    def evaluate(message: Message, context: Context) -> Message:
+        try:
+            reply = handle_evaluate(message, _simulated_data(message, context, honest=True))
+        except ClientRefusal as refusal:
+            reply = refusal_reply(message, refusal)
+        return _tag(reply, context)
+
+    return client_app
+
+
+def _partition_id(context: Context) -> int:
+    return int(context.node_config["partition-id"])  # type: ignore[arg-type]
+
+
+def _tag(reply: Message, context: Context) -> Message:
+    """Tell the simulated adversary which partition answered (it strips this record)."""
+    if reply.has_content():
+        reply.content[SIMULATION_KEY] = ConfigRecord({"partition-id": _partition_id(context)})
+    return reply
+
+
+def _reseed(message: Message, context: Context) -> None:
+    """Derive local randomness from (scenario seed, partition, round), not from node ids.
+
+    Flower's simulated node ids are random per session, so the per-node seeds
+    the coordinator draws would differ between two runs of one scenario; the
+    simulation replaces them to replay exactly.
+    """
+    record = message.content.config_records.get(SIMULATION_KEY)
+    config = message.content.config_records.get(protocol.CONFIG_KEY)
+    if record is None or config is None:
+        return
+    round_number = config.get(protocol.ROUND, 0)
+    digest = hashlib.sha256(
+        f"{record['data-seed']}/{_partition_id(context)}/{round_number}".encode()
+    ).digest()
+    config[protocol.SEED] = int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+def _simulated_data(message: Message, context: Context, *, honest: bool = False) -> ClientData:
+    record = message.content.config_records.get(SIMULATION_KEY)
+    if record is None:
+        raise ClientRefusal(protocol.ClientErrorCode.NO_DATA, "no simulation record in message")
+    alpha = float(record["alpha"])  # type: ignore[arg-type]
+    partition = _partition_id(context)
+    try:
+        data = _partition(
+            partition,
+            int(record["num-partitions"]),  # type: ignore[arg-type]
+            None if alpha < 0 else alpha,
+            int(record["data-seed"]),  # type: ignore[arg-type]
+        )
+    except PartitionError as error:
+        raise ClientRefusal(protocol.ClientErrorCode.NO_DATA, str(error)) from error
+    attack = str(record["attack"])
+    byzantine = partition in record["byzantine-partitions"]  # type: ignore[operator]
+    if honest or not byzantine or not attack:
+        return data
+    data_attack = resolve_attack(attack).data_attack
+    return data if data_attack is None else data_attack.poison(data)
+
+
+@lru_cache(maxsize=64)
+def _partition(partition_id: int, num_partitions: int, alpha: float | None, seed: int) -> ClientData:
+    return load_digits_partition(partition_id, num_partitions, alpha=alpha, seed=seed)
+
+
+app = build_simulation_client_app()
