@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import torch
 
+from .distances import gram_matrix, row_norms
+
 
 class RowComposition:
     """The rows ``A @ X`` of a chain of linear pre-aggregation steps, kept unmaterialised.
@@ -88,7 +90,7 @@ class RowComposition:
 
     def _gram_of_updates(self) -> torch.Tensor:
         if self._base_gram is None:
-            self._base_gram = (self._updates @ self._updates.T).to(torch.float64)
+            self._base_gram = gram_matrix(self._updates)
         return self._base_gram
 
     def _base_row_norms(self) -> torch.Tensor:
@@ -96,5 +98,5 @@ class RowComposition:
             if self._base_gram is not None:
                 self._base_norms = torch.diagonal(self._base_gram).clamp(min=0.0).sqrt()
             else:
-                self._base_norms = torch.linalg.vector_norm(self._updates, dim=1).to(torch.float64)
+                self._base_norms = row_norms(self._updates)
         return self._base_norms

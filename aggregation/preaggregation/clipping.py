@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from ..distances import row_norms
 from ..errors import PipelineConfigError, ToleranceError
 from ..matrix import check_update_matrix
 
@@ -19,8 +20,7 @@ def clip_to_norm(
     check_update_matrix(updates, validated=validated)
     if not max_norm > 0:
         raise PipelineConfigError(f"clip needs max_norm > 0, got {max_norm}")
-    norms = torch.linalg.vector_norm(updates, dim=1)
-    return updates * clip_factors(norms, max_norm).to(updates.dtype)[:, None]
+    return updates * clip_factors(row_norms(updates), max_norm).to(updates.dtype)[:, None]
 
 
 def adaptive_robust_clip(
@@ -37,8 +37,7 @@ def adaptive_robust_clip(
     n, f = updates.shape[0], num_byzantine
     if f < 0 or 2 * f >= n:
         raise ToleranceError(f"arc needs 0 ≤ f < n/2, got n={n}, f={f}")
-    norms = torch.linalg.vector_norm(updates, dim=1)
-    return updates * arc_factors(norms, num_byzantine=f).to(updates.dtype)[:, None]
+    return updates * arc_factors(row_norms(updates), num_byzantine=f).to(updates.dtype)[:, None]
 
 
 def clip_factors(norms: torch.Tensor, max_norm: float) -> torch.Tensor:
@@ -50,7 +49,8 @@ def clip_factors(norms: torch.Tensor, max_norm: float) -> torch.Tensor:
 
 
 def arc_factors(norms: torch.Tensor, *, num_byzantine: int) -> torch.Tensor:
-    """Per-row scale clipping ARC's k = ⌊2(f/n)(n − f)⌋ largest rows to the (k+1)-th largest norm."""
+    """Per-row scale clipping ARC's k = ⌊2(f/n)(n − f)⌋ largest rows to the (k+1)-th largest
+    norm."""
     n, f = norms.shape[0], num_byzantine
     num_clipped = int(2 * f * (n - f) / n)
     if num_clipped == 0:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..distances import row_squared_norms, squared_distances_to
-from ..errors import PipelineConfigError
+from ..errors import InvalidUpdatesError, PipelineConfigError
 from ..matrix import check_update_matrix, normalized_weights
 
 
@@ -30,6 +30,13 @@ def centered_clipping(
     if radius <= 0 or iterations < 1:
         raise PipelineConfigError("centered_clipping needs radius τ > 0 and iterations ≥ 1")
     n, d = updates.shape
+    if center is not None and (
+        tuple(center.shape) != (d,) or not bool(torch.isfinite(center).all())
+    ):
+        # The centre is an input like the rows: a NaN here would be the aggregate.
+        raise InvalidUpdatesError(
+            f"center must be a finite vector of shape ({d},), got shape {tuple(center.shape)}"
+        )
     normalized = normalized_weights(weights, updates)
     base = (
         torch.full((n,), 1.0 / n, dtype=torch.float64, device=updates.device)
