@@ -7,6 +7,7 @@ number of Byzantine clients it must tolerate before it ever runs.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import re
 import secrets
@@ -18,7 +19,7 @@ from typing import Any
 import torch
 
 from .composition import RowComposition
-from .errors import PipelineConfigError, ToleranceError
+from .errors import InvalidUpdatesError, PipelineConfigError, ToleranceError
 from .matrix import check_update_matrix, normalized_weights
 from .steps import (
     FINAL_RULES,
@@ -64,6 +65,11 @@ class Pipeline:
         return " -> ".join(spec.describe() for spec in self.specs)
 
     @property
+    def preserves_rows(self) -> bool:
+        """Whether row i of the final rule's input still belongs to client i (no bucketing)."""
+        return not any(isinstance(step, Bucketing) for step in self.pre_steps)
+
+    @property
     def supports_weights(self) -> bool:
         """Whether the final rule uses client weights."""
         return self.rule.supports_weights
@@ -106,7 +112,7 @@ class Pipeline:
         check_update_matrix(updates, validated=validated)
         normalized = normalized_weights(weights, updates)
         if normalized is not None and not self.rule.supports_weights:
-            raise PipelineConfigError(
+            raise InvalidUpdatesError(
                 f"{self.rule.name} does not use client weights; configure uniform weighting"
             )
         self.check(updates.shape[0])
@@ -117,7 +123,8 @@ class Pipeline:
         for step in self.pre_steps:
             step_map = step.apply(rows, self.num_byzantine, generator)
             row_weights = step.propagate_weights(step_map, row_weights)
-        return self.rule.aggregate(rows, row_weights, self.num_byzantine)
+        result = self.rule.aggregate(rows, row_weights, self.num_byzantine)
+        return dataclasses.replace(result, num_inputs=updates.shape[0])
 
 
 def build_pipeline(description: str | Sequence[Any], *, num_byzantine: int) -> Pipeline:

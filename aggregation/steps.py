@@ -16,7 +16,7 @@ from typing import Protocol
 import torch
 
 from .composition import RowComposition
-from .errors import PipelineConfigError, ToleranceError
+from .errors import InvalidUpdatesError, PipelineConfigError, ToleranceError
 from .kernels import column_mean_around_median, column_median, column_trimmed_mean
 from .preaggregation.bucketing import bucket_matrix
 from .preaggregation.clipping import arc_factors, clip_factors
@@ -33,8 +33,10 @@ ParamValue = int | float | str | bool
 class AggregationResult:
     """The aggregate and what the rule did, for the audit trail and monitoring.
 
-    ``selected_rows`` lists the input rows a selection rule (Krum, Multi-Krum,
-    Bulyan) kept; None for rules that use every row.
+    ``num_inputs`` counts the updates aggregated. ``selected_rows`` lists the rows a
+    selection rule (Krum, Multi-Krum, Bulyan) kept — rows of the rule's input,
+    which are the clients' rows unless bucketing regrouped them
+    (``Pipeline.preserves_rows``); None for rules that use every row.
     """
 
     aggregate: torch.Tensor
@@ -216,7 +218,7 @@ def _uniform(num_rows: int, device: torch.device) -> torch.Tensor:
 
 def _refuse_weights(name: str, weights: torch.Tensor | None) -> None:
     if weights is not None:
-        raise PipelineConfigError(
+        raise InvalidUpdatesError(
             f"{name} does not use client weights; configure uniform weighting for it"
         )
 
@@ -324,7 +326,7 @@ class Krum:
         mixing = torch.zeros(rows.num_rows, dtype=torch.float64, device=scores.device)
         mixing[chosen] = 1.0 if weights is None else weights[chosen].to(torch.float64)
         if mixing.sum() <= 0:
-            raise ToleranceError(f"{self.name} selected only rows of zero weight")
+            raise InvalidUpdatesError(f"{self.name} selected only rows of zero weight")
         aggregate = rows.combine(mixing / mixing.sum())
         return AggregationResult(aggregate, rows.num_rows, tuple(int(i) for i in chosen))
 

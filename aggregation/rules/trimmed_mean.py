@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import ToleranceError
+from ..errors import PipelineConfigError, ToleranceError
 from ..kernels import column_trimmed_mean
 from ..matrix import check_update_matrix, require_uniform
 
@@ -32,5 +32,5 @@ def trimmed_mean(
 def trim_count(num_clients: int, beta: float) -> int:
     """Values dropped per side for a trimmed fraction β, as ``int(β·n)`` (Flower's convention)."""
     if not 0.0 <= beta < 0.5:
-        raise ToleranceError(f"trimmed_mean needs 0 ≤ β < 0.5, got β={beta}")
+        raise PipelineConfigError(f"trimmed_mean needs 0 ≤ β < 0.5, got β={beta}")
     return int(beta * num_clients)

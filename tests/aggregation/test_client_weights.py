@@ -6,7 +6,6 @@ import pytest
 import torch
 from ztfl.aggregation import (
     InvalidUpdatesError,
-    PipelineConfigError,
     bucketing,
     build_pipeline,
     bulyan,
@@ -75,7 +74,7 @@ def test_pipeline_ending_in_an_unweighted_rule_refuses_non_uniform_weights(
 ) -> None:
     pipeline = build_pipeline(description, num_byzantine=2)
     assert not pipeline.supports_weights
-    with pytest.raises(PipelineConfigError, match="does not use client weights"):
+    with pytest.raises(InvalidUpdatesError, match="does not use client weights"):
         pipeline(updates, weights)
 
 

@@ -122,13 +122,13 @@ def test_bulyan_pipeline_reports_its_theta_selected_rows(updates: torch.Tensor) 
     assert {0, 1}.isdisjoint(result.selected_rows)
 
 
-def test_after_bucketing_num_inputs_counts_the_buckets_the_rule_received(
+def test_after_bucketing_num_inputs_still_counts_the_client_updates(
     updates: torch.Tensor,
 ) -> None:
-    # Documents the current meaning: rows the final rule saw, not clients (12 → 6 buckets).
+    # 12 updates become 6 buckets; the result reports the 12 updates aggregated.
     pipeline = build_pipeline("bucketing(bucket_size=2) -> median", num_byzantine=F)
     result = pipeline(updates, generator=torch.Generator().manual_seed(0))
-    assert result.num_inputs == 6
+    assert result.num_inputs == NUM_ROWS
 
 
 def test_bucketing_with_a_seeded_generator_is_reproducible(updates: torch.Tensor) -> None:
