@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from ztfl.simulations.outputs import SummaryRow
 
 console = Console()
 
@@ -27,7 +31,9 @@ def simulate(
         bool,
         typer.Option("--matrix", help="Run the scenario's attacks × defences × seeds matrix."),
     ] = False,
-    rounds: Annotated[int | None, typer.Option(help="Override the number of rounds.", min=1)] = None,
+    rounds: Annotated[
+        int | None, typer.Option(help="Override the number of rounds.", min=1)
+    ] = None,
     attack: Annotated[
         str | None, typer.Option(help="Override the attack, e.g. 'alie' or 'ipm(epsilon=10)'.")
     ] = None,
@@ -67,9 +73,14 @@ def simulate(
         f"({scenario.num_byzantine} Byzantine), alpha={scenario.partition_alpha}, "
         f"{scenario.rounds} rounds, {len(plan)} run(s) → {run_dir}"
     )
+    # Refusals and skipped rounds are in the progress notes, the table and the
+    # run folder; per-update warnings would only break the progress display.
+    logging.getLogger("ztfl.server").setLevel(logging.ERROR)
     started = time.perf_counter()
     with simulation_progress() as progress:
-        overall = progress.add_task("all runs", total=len(plan), accuracy="", note="") if matrix else None
+        overall = (
+            progress.add_task("all runs", total=len(plan), accuracy="", note="") if matrix else None
+        )
         results = run_plan(
             scenario,
             plan,
@@ -78,16 +89,15 @@ def simulate(
             ],
         )
     write_outputs(run_dir, scenario, results)
-    _print_summary(results, matrix)
+    _print_summary(summarise(results))
     console.print(f"finished in {time.perf_counter() - started:.0f} s; outputs in {run_dir}")
-    del summarise
 
 
-def _print_summary(results: list, matrix: bool) -> None:  # type: ignore[type-arg]
-    from ztfl.simulations.outputs import summarise
-
-    rows = summarise(results)
-    clean = next((row.mean_accuracy for row in rows if row.attack == "none" and "clean" in row.defence), None)
+def _print_summary(rows: list[SummaryRow]) -> None:
+    clean = next(
+        (row.mean_accuracy for row in rows if row.attack == "none" and "clean" in row.defence),
+        None,
+    )
     table = Table(title="final held-out accuracy")
     for column in ("defence", "attack", "accuracy", "Δ vs clean", "refused updates"):
         table.add_column(column, justify="left" if column in ("defence", "attack") else "right")

@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 ContextDataLoader = Callable[[Context], ClientData]
 
 
-class ClientRefusal(Exception):
+class ClientRefusal(Exception):  # noqa: N818 — a refusal carried to the reply, not a fault
     """A round this client will not run, with the code it replies with."""
 
     def __init__(self, code: protocol.ClientErrorCode, reason: str) -> None:
@@ -57,7 +57,9 @@ def build_client_app(load_data: ContextDataLoader) -> ClientApp:
         except ClientRefusal as refusal:
             return refusal_reply(message, refusal)
         except DatasetConfigError as error:
-            return refusal_reply(message, ClientRefusal(protocol.ClientErrorCode.NO_DATA, str(error)))
+            return refusal_reply(
+                message, ClientRefusal(protocol.ClientErrorCode.NO_DATA, str(error))
+            )
 
     @client_app.evaluate()
     def evaluate_model(message: Message, context: Context) -> Message:
@@ -66,7 +68,9 @@ def build_client_app(load_data: ContextDataLoader) -> ClientApp:
         except ClientRefusal as refusal:
             return refusal_reply(message, refusal)
         except DatasetConfigError as error:
-            return refusal_reply(message, ClientRefusal(protocol.ClientErrorCode.NO_DATA, str(error)))
+            return refusal_reply(
+                message, ClientRefusal(protocol.ClientErrorCode.NO_DATA, str(error))
+            )
 
     return client_app
 
@@ -170,7 +174,9 @@ def refusal_reply(message: Message, refusal: ClientRefusal) -> Message:
 
 
 @lru_cache(maxsize=4)
-def _simulation_partition(partition_id: int, num_partitions: int, alpha: float, seed: int) -> ClientData:
+def _simulation_partition(
+    partition_id: int, num_partitions: int, alpha: float, seed: int
+) -> ClientData:
     from ztfl.simulations.datasets import load_digits_partition
 
     return load_digits_partition(partition_id, num_partitions, alpha=alpha, seed=seed)

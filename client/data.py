@@ -63,7 +63,9 @@ def load_dataset_hook(spec: str) -> DatasetLoader:
     try:
         module = importlib.import_module(module_name)
     except ImportError as error:
-        raise DatasetConfigError(f"cannot import dataset module {module_name!r}: {error}") from error
+        raise DatasetConfigError(
+            f"cannot import dataset module {module_name!r}: {error}"
+        ) from error
     loader = getattr(module, attribute, None)
     if not callable(loader):
         raise DatasetConfigError(f"{spec!r} does not name a callable")

@@ -80,7 +80,9 @@ def build_model(name: str, *, seed: int | None = None) -> nn.Module:
     """Instantiate a registered model; ``seed`` makes its initial weights reproducible."""
     factory = _REGISTRY.get(name)
     if factory is None:
-        raise UnknownModelError(f"unknown model {name!r}; available: {', '.join(available_models())}")
+        raise UnknownModelError(
+            f"unknown model {name!r}; available: {', '.join(available_models())}"
+        )
     if seed is None:
         return factory()
     with torch.random.fork_rng(devices=[]):

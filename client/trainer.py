@@ -68,7 +68,7 @@ def train_update(
     model.train()
     for _ in range(config.local_epochs):
         order = torch.randperm(data.num_train, generator=generator).to(device)
-        for batch in order.split(config.batch_size):
+        for batch in torch.split(order, config.batch_size):
             optimizer.zero_grad()
             logits = model(features[batch])
             loss = loss_fn(logits, labels[batch])
@@ -85,7 +85,10 @@ def train_update(
 
 
 def evaluate(
-    model: nn.Module, features: torch.Tensor, labels: torch.Tensor, device: torch.device | None = None
+    model: nn.Module,
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    device: torch.device | None = None,
 ) -> tuple[float, float]:
     """Mean cross-entropy and accuracy of ``model`` on the given examples."""
     if features.shape[0] == 0:

@@ -52,4 +52,6 @@ def main(grid: Grid, context: Context) -> None:
     history = coordinator.run(grid)
     last = history.rounds[-1] if history.rounds else None
     if last is not None:
-        logger.info("finished: last round metrics %s", last.federated_metrics or last.central_metrics)
+        logger.info(
+            "finished: last round metrics %s", last.federated_metrics or last.central_metrics
+        )

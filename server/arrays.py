@@ -47,11 +47,19 @@ def decode_into(name: str, array: Array, out: np.ndarray) -> Refusal | None:
             shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(stream)
         else:
             return Refusal(RefusalReason.UNDECODABLE, f"{name}: .npy version {version}")
-    except (ValueError, OSError, SyntaxError) as error:
+    except Exception as error:
+        # The header is untrusted text parsed by numpy (tokenize + ast.literal_eval),
+        # which fails with more than ValueError: an unterminated literal raises
+        # tokenize.TokenError, deep nesting RecursionError. Any of them is a refusal,
+        # never an exception that ends the round.
         return Refusal(RefusalReason.UNDECODABLE, f"{name}: bad .npy header ({error})")
     if fortran_order:
         return Refusal(RefusalReason.UNDECODABLE, f"{name}: Fortran-ordered array")
-    if np.dtype(dtype) != out.dtype or tuple(shape) != tuple(array.shape):
+    if (
+        np.dtype(dtype) != out.dtype
+        or not _same_dtype(dtype, array.dtype)
+        or tuple(shape) != tuple(array.shape)
+    ):
         return Refusal(
             RefusalReason.UNDECODABLE,
             f"{name}: payload is {np.dtype(dtype)}{tuple(shape)}, "
@@ -62,10 +70,19 @@ def decode_into(name: str, array: Array, out: np.ndarray) -> Refusal | None:
     if count != out.size or len(data) - offset != count * out.dtype.itemsize:
         return Refusal(
             RefusalReason.UNDECODABLE,
-            f"{name}: payload holds {len(data) - offset} bytes, expected {count * out.dtype.itemsize}",
+            f"{name}: payload holds {len(data) - offset} bytes, "
+            f"expected {count * out.dtype.itemsize}",
         )
     out[:] = np.frombuffer(data, dtype=out.dtype, count=count, offset=offset)
     return None
+
+
+def _same_dtype(payload: np.dtype, declared: str) -> bool:
+    """Whether the payload's dtype is the one the sender declared (any spelling of it)."""
+    try:
+        return bool(np.dtype(declared) == payload)
+    except (TypeError, ValueError, SyntaxError):
+        return False
 
 
 def decode_record_into(record: ArrayRecord, spec: ModelSpec, row: np.ndarray) -> Refusal | None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -103,15 +104,16 @@ class Coordinator:
                 refusal.reason.value,
                 refusal.detail,
             )
-        base = {
-            "server_round": server_round,
-            "sampled_nodes": sampled,
-            "num_replies": len(collected.node_ids) + len(collected.refused),
-            "accepted_nodes": collected.node_ids,
-            "refused": collected.refused,
-            "pipeline": self.pipeline.description,
-            "train_metrics": collected.train_metrics,
-        }
+        skipped = RoundRecord(
+            server_round=server_round,
+            sampled_nodes=sampled,
+            num_replies=len(collected.node_ids) + len(collected.refused),
+            accepted_nodes=collected.node_ids,
+            refused=collected.refused,
+            pipeline=self.pipeline.description,
+            committed=False,
+            train_metrics=collected.train_metrics,
+        )
         aggregation_started = time.perf_counter()
         try:
             result = self.pipeline(
@@ -122,9 +124,8 @@ class Coordinator:
             )
         except ToleranceError as error:
             logger.warning("round %d skipped: %s", server_round, error)
-            return RoundRecord(
-                **base,
-                committed=False,
+            return replace(
+                skipped,
                 skip_reason=f"too few valid updates ({len(collected.node_ids)}): {error}",
                 round_s=time.perf_counter() - started,
                 central_metrics=self._evaluate_centrally(),
@@ -134,9 +135,8 @@ class Coordinator:
         if not bool(torch.isfinite(candidate).all()):
             # Finite updates can still sum past the float range; never commit that.
             logger.warning("round %d skipped: the new global model is not finite", server_round)
-            return RoundRecord(
-                **base,
-                committed=False,
+            return replace(
+                skipped,
                 skip_reason="aggregate would make the global model non-finite",
                 round_s=time.perf_counter() - started,
                 central_metrics=self._evaluate_centrally(),
@@ -152,8 +152,8 @@ class Coordinator:
             if self.config.federated_evaluation
             else {}
         )
-        return RoundRecord(
-            **base,
+        return replace(
+            skipped,
             committed=True,
             selected_nodes=selected,
             weights=None if collected.weights is None else tuple(collected.weights.tolist()),

@@ -58,7 +58,9 @@ class RunHistory:
     def accuracy_series(self) -> list[float]:
         """Central accuracy after each round (initial model first), where measured."""
         series = [self.initial_metrics.get("accuracy", float("nan"))]
-        series.extend(record.central_metrics.get("accuracy", float("nan")) for record in self.rounds)
+        series.extend(
+            record.central_metrics.get("accuracy", float("nan")) for record in self.rounds
+        )
         return series
 
     def to_json(self) -> dict[str, Any]:

@@ -56,7 +56,9 @@ def collect_updates(
     for reply in replies:
         node_id = int(reply.metadata.src_node_id)
         if node_id not in expected:
-            refused.append(_refusal(node_id, RefusalReason.UNEXPECTED_SENDER, "node was not sampled"))
+            refused.append(
+                _refusal(node_id, RefusalReason.UNEXPECTED_SENDER, "node was not sampled")
+            )
             continue
         if node_id in answered:
             refused.append(_refusal(node_id, RefusalReason.DUPLICATE_SENDER, "second reply"))
@@ -72,11 +74,17 @@ def collect_updates(
         metrics = reply.content[protocol.METRICS_KEY]
         loss, accuracy = metrics.get(protocol.TRAIN_LOSS), metrics.get(protocol.TRAIN_ACCURACY)
         if isinstance(loss, int | float) and isinstance(accuracy, int | float):
-            loss_sum, accuracy_sum, metric_count = loss_sum + loss, accuracy_sum + accuracy, metric_count + 1
+            loss_sum, accuracy_sum, metric_count = (
+                loss_sum + loss,
+                accuracy_sum + accuracy,
+                metric_count + 1,
+            )
     stacked = torch.from_numpy(matrix[: len(accepted)])
     weights = None
     if weighting is Weighting.CAPPED_EXAMPLES and accepted:
-        weights = torch.tensor([min(count, max_examples) for count in examples], dtype=torch.float64)
+        weights = torch.tensor(
+            [min(count, max_examples) for count in examples], dtype=torch.float64
+        )
         if float(weights.sum()) <= 0:
             weights = None
     train_metrics = (

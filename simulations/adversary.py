@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
-from flwr.supercore.run import Run
 from flwr.serverapp import Grid
+from flwr.supercore.run import Run
 
 from ztfl.client import protocol
 
@@ -118,8 +118,7 @@ class AdversarialGrid(Grid):
     ) -> Iterable[Message]:
         outgoing = [self._mark(message) for message in messages]
         replies = [
-            self._unmark(reply)
-            for reply in self._inner.send_and_receive(outgoing, timeout=timeout)
+            self._unmark(reply) for reply in self._inner.send_and_receive(outgoing, timeout=timeout)
         ]
         replies.sort(key=lambda reply: self._partition_of.get(reply.metadata.src_node_id, -1))
         is_training = any(m.metadata.message_type == MessageType.TRAIN for m in outgoing)
@@ -147,15 +146,17 @@ class AdversarialGrid(Grid):
     def _forge(self, replies: Sequence[Message]) -> list[Message]:
         attack = self._attack.update_attack
         assert attack is not None
-        usable = [r for r in replies if not r.has_error() and protocol.UPDATE_KEY in r.content.array_records]
+        usable = [
+            r
+            for r in replies
+            if not r.has_error() and protocol.UPDATE_KEY in r.content.array_records
+        ]
         byzantine = [r for r in usable if r.metadata.src_node_id in self.byzantine_nodes]
         honest = [r for r in usable if r.metadata.src_node_id not in self.byzantine_nodes]
         if not byzantine:
             return list(replies)
         names, shapes, own = _stack(byzantine)
-        honest_matrix = (
-            _stack(honest)[2] if attack.needs_honest_updates and honest else own[:0]
-        )
+        honest_matrix = _stack(honest)[2] if attack.needs_honest_updates and honest else own[:0]
         forged = attack.forge(own, honest_matrix, self._generator)
         for reply, row in zip(byzantine, forged, strict=True):
             reply.content[protocol.UPDATE_KEY] = _record(names, shapes, row)
@@ -164,11 +165,16 @@ class AdversarialGrid(Grid):
 
 def _stack(replies: Sequence[Message]) -> tuple[list[str], list[tuple[int, ...]], torch.Tensor]:
     """The replies' updates as a (k, d) float32 matrix, with the tensor names and shapes."""
-    first = replies[0].content[protocol.UPDATE_KEY]
+    first = replies[0].content.array_records[protocol.UPDATE_KEY]
     names = list(first.keys())
     shapes = [tuple(first[name].shape) for name in names]
     rows = [
-        np.concatenate([r.content[protocol.UPDATE_KEY][name].numpy().reshape(-1) for name in names])
+        np.concatenate(
+            [
+                r.content.array_records[protocol.UPDATE_KEY][name].numpy().reshape(-1)
+                for name in names
+            ]
+        )
         for r in replies
     ]
     return names, shapes, torch.from_numpy(np.stack(rows).astype(np.float32))

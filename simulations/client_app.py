@@ -47,7 +47,7 @@ def build_simulation_client_app() -> ClientApp:
 
 
 def _partition_id(context: Context) -> int:
-    return int(context.node_config["partition-id"])  # type: ignore[arg-type]
+    return int(context.node_config["partition-id"])
 
 
 def _tag(reply: Message, context: Context) -> Message:
@@ -70,7 +70,7 @@ def _reseed(message: Message, context: Context) -> None:
         return
     round_number = config.get(protocol.ROUND, 0)
     digest = hashlib.sha256(
-        f"{record['data-seed']}/{_partition_id(context)}/{round_number}".encode()
+        f"{record['data-seed']!r}/{_partition_id(context)}/{round_number!r}".encode()
     ).digest()
     config[protocol.SEED] = int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
@@ -99,7 +99,9 @@ def _simulated_data(message: Message, context: Context, *, honest: bool = False)
 
 
 @lru_cache(maxsize=64)
-def _partition(partition_id: int, num_partitions: int, alpha: float | None, seed: int) -> ClientData:
+def _partition(
+    partition_id: int, num_partitions: int, alpha: float | None, seed: int
+) -> ClientData:
     return load_digits_partition(partition_id, num_partitions, alpha=alpha, seed=seed)
 
 

@@ -1,4 +1,4 @@
-"""What a simulation leaves behind: a run folder with metrics JSON, per-round CSV, tables and plots."""
+"""What a simulation leaves behind: a run folder with metrics, per-round CSV, tables, plots."""
 
 from __future__ import annotations
 

@@ -29,9 +29,15 @@ class ALittleIsEnough:
     z: float | None = None
     needs_honest_updates: bool = True
 
-    def forge(self, own: torch.Tensor, honest: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def forge(
+        self, own: torch.Tensor, honest: torch.Tensor, generator: torch.Generator
+    ) -> torch.Tensor:
         num_byzantine = own.shape[0]
-        z = self.z if self.z is not None else alie_z_max(num_byzantine + honest.shape[0], num_byzantine)
+        z = (
+            self.z
+            if self.z is not None
+            else alie_z_max(num_byzantine + honest.shape[0], num_byzantine)
+        )
         mean = honest.mean(dim=0)
         std = honest.std(dim=0, correction=1) if honest.shape[0] > 1 else torch.zeros_like(mean)
         return (mean - z * std).expand_as(own).clone()

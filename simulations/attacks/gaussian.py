@@ -14,6 +14,8 @@ class GaussianNoise:
     std: float = 0.5
     needs_honest_updates: bool = False
 
-    def forge(self, own: torch.Tensor, honest: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def forge(
+        self, own: torch.Tensor, honest: torch.Tensor, generator: torch.Generator
+    ) -> torch.Tensor:
         noise = torch.randn(own.shape, generator=generator, dtype=torch.float64)
         return (self.std * noise).to(own.dtype)

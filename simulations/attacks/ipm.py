@@ -18,5 +18,7 @@ class InnerProductManipulation:
     epsilon: float = 0.1
     needs_honest_updates: bool = True
 
-    def forge(self, own: torch.Tensor, honest: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def forge(
+        self, own: torch.Tensor, honest: torch.Tensor, generator: torch.Generator
+    ) -> torch.Tensor:
         return (-self.epsilon * honest.mean(dim=0)).expand_as(own).clone()

@@ -78,7 +78,9 @@ def _import_factory(target: str) -> Callable[..., Any]:
     module_name, sep, attribute = target.partition(":")
     if not sep:
         known = ", ".join(sorted(BUILTIN_ATTACKS))
-        raise AttackConfigError(f"unknown attack {target!r}; built-in: {known}, or 'module:factory'")
+        raise AttackConfigError(
+            f"unknown attack {target!r}; built-in: {known}, or 'module:factory'"
+        )
     try:
         factory = getattr(importlib.import_module(module_name), attribute)
     except (ImportError, AttributeError) as error:

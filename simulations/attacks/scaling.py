@@ -14,5 +14,7 @@ class Scaling:
     factor: float = 10.0
     needs_honest_updates: bool = False
 
-    def forge(self, own: torch.Tensor, honest: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def forge(
+        self, own: torch.Tensor, honest: torch.Tensor, generator: torch.Generator
+    ) -> torch.Tensor:
         return self.factor * own
