@@ -45,8 +45,9 @@ lint: setup
 matrix: setup
 	$(BIN)/ztfl simulate --matrix
 
+# make bench BENCH_ARGS=--quick   (only n=50, d=1e6; see benchmarks/aggregation.py --help)
 bench: setup
-	$(BIN)/python benchmarks/aggregation.py
+	$(BIN)/python benchmarks/aggregation.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache
