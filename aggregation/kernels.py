@@ -29,6 +29,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import logging
+import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -314,16 +315,21 @@ def _torch_fallback(statistic: str, updates: torch.Tensor, parameter: int) -> to
 
 
 _POOL_LOCK = threading.Lock()
-_POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
 
 
 def _thread_pool(threads: int) -> ThreadPoolExecutor:
-    """One pool per thread count (torch.set_num_threads may change between calls)."""
+    """One pool per process and thread count (torch.set_num_threads may change).
+
+    Keyed by process id too: a forked child inherits the pool object but not
+    its threads, and work submitted to it would never run.
+    """
+    key = (os.getpid(), threads)
     with _POOL_LOCK:
-        pool = _POOLS.get(threads)
+        pool = _POOLS.get(key)
         if pool is None:
             pool = ThreadPoolExecutor(threads, thread_name_prefix="ztfl-kernels")
-            _POOLS[threads] = pool
+            _POOLS[key] = pool
         return pool
 
 

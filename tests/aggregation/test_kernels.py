@@ -11,6 +11,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 import torch
+
 from ztfl.aggregation import InvalidUpdatesError, kernels
 from ztfl.aggregation.kernels import (
     batcher_comparators,
@@ -140,6 +141,12 @@ def test_median_split_across_threads_equals_one_call(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(kernels, "PARALLEL_MIN_ELEMENTS", 1)
     monkeypatch.setattr(kernels, "worker_count", lambda: 3)
     assert torch.equal(column_median(updates), single)
+
+
+def test_a_forked_process_gets_its_own_thread_pool(monkeypatch: pytest.MonkeyPatch) -> None:
+    parent_pool = kernels._thread_pool(2)
+    monkeypatch.setattr(kernels.os, "getpid", lambda: -1)
+    assert kernels._thread_pool(2) is not parent_pool
 
 
 # ---------------------------------------------------------------- trimmed mean
@@ -300,6 +307,7 @@ def doubled(values: np.ndarray) -> np.ndarray:
 
 def test_kernels_compile_without_a_writable_cache(monkeypatch: pytest.MonkeyPatch) -> None:
     from numba.core import config
+
     from ztfl.aggregation.numba_kernels import jit_kernel
 
     # The only cache location numba may use is one it cannot create.
