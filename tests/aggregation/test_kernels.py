@@ -6,6 +6,7 @@ after the first run) keeps each test well under two seconds.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import numpy as np
@@ -145,7 +146,7 @@ def test_median_split_across_threads_equals_one_call(monkeypatch: pytest.MonkeyP
 
 def test_a_forked_process_gets_its_own_thread_pool(monkeypatch: pytest.MonkeyPatch) -> None:
     parent_pool = kernels._thread_pool(2)
-    monkeypatch.setattr(kernels.os, "getpid", lambda: -1)
+    monkeypatch.setattr(os, "getpid", lambda: -1)
     assert kernels._thread_pool(2) is not parent_pool
 
 
