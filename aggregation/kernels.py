@@ -17,11 +17,12 @@ that does it, behind three functions with two interchangeable back ends:
 Both refuse NaN and ±Inf with ``InvalidUpdatesError``: validation refuses
 such updates earlier, and an order statistic over NaN has no meaning.
 
-Agreement between the back ends: the median, and the window of values Bulyan
-averages, are selected identically, so the median is bit-exact. Means of
-several values (trimmed mean, mean around the median) are summed in float64
-by the compiled kernels and in the input dtype by torch, so they agree within
-``k·ε·max|x|`` for k averaged values of dtype epsilon ε.
+Agreement between the back ends: both select the same values — the median
+(bit-exact), the kept rows of the trimmed mean, Bulyan's window — and differ
+only in how they add k selected values up: the compiled kernels sum in
+float64, torch's trimmed mean in the input dtype. Results agree within
+``k·ε·max|x|`` for dtype epsilon ε, and exactly when the sums are exact
+(tests use integer-valued data to check the selections bit for bit).
 """
 
 from __future__ import annotations
