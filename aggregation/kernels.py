@@ -270,36 +270,57 @@ def _run_compiled(
         return _torch_fallback(statistic, updates, parameter)
     kernel = kernels[statistic]
     matrix = updates.detach().contiguous()
-    n, d = matrix.shape
+    d = matrix.shape[1]
     values = matrix.numpy()
     result = torch.empty(d, dtype=matrix.dtype)
     out = result.numpy()
     tile = max(16, TILE_ROW_BYTES // values.itemsize)
     low, high = network
-    threads = worker_count()
     try:
-        if threads == 1 or n * d < PARALLEL_MIN_ELEMENTS:
-            nonfinite = bool(kernel(values, out, low, high, 0, d, tile, parameter))
-        else:
-            chunk = -(-d // (threads * CHUNKS_PER_THREAD))
-            chunk = -(-chunk // tile) * tile
-            pool = _thread_pool(threads)
-            futures = [
-                pool.submit(
-                    kernel, values, out, low, high, start, min(d, start + chunk), tile, parameter
-                )
-                for start in range(0, d, chunk)
-            ]
-            nonfinite = any([bool(future.result()) for future in futures])
+        nonfinite = _execute(kernel, values, out, low, high, tile, parameter)
     except OSError as error:
         # numba writes its on-disk cache after compiling; a failed write (read-only
-        # or full disk) must not fail aggregation. The compiled code stays loaded,
-        # so the next call runs it without writing again.
-        LOGGER.warning("numba could not write its cache (%s); using torch for this call", error)
-        return _torch_fallback(statistic, updates, parameter)
+        # or full disk) must not fail aggregation: compile in memory and retry.
+        LOGGER.warning("numba could not write its cache (%s); compiling in memory", error)
+        _disable_disk_cache()
+        try:
+            nonfinite = _execute(kernel, values, out, low, high, tile, parameter)
+        except OSError:
+            LOGGER.exception("compiled kernels unavailable; using torch for this call")
+            return _torch_fallback(statistic, updates, parameter)
     if nonfinite:
         raise InvalidUpdatesError(NONFINITE_MESSAGE)
     return result
+
+
+def _execute(
+    kernel: Callable[..., Any],
+    values: npt.NDArray[Any],
+    out: npt.NDArray[Any],
+    low: npt.NDArray[np.int64],
+    high: npt.NDArray[np.int64],
+    tile: int,
+    parameter: int,
+) -> bool:
+    """Run ``kernel`` over all columns, in chunks on the pool when worth it; True on NaN/Inf."""
+    n, d = values.shape
+    threads = worker_count()
+    if threads == 1 or n * d < PARALLEL_MIN_ELEMENTS:
+        return bool(kernel(values, out, low, high, 0, d, tile, parameter))
+    chunk = -(-d // (threads * CHUNKS_PER_THREAD))
+    chunk = -(-chunk // tile) * tile
+    pool = _thread_pool(threads)
+    futures = [
+        pool.submit(kernel, values, out, low, high, start, min(d, start + chunk), tile, parameter)
+        for start in range(0, d, chunk)
+    ]
+    return any([bool(future.result()) for future in futures])
+
+
+def _disable_disk_cache() -> None:
+    from . import numba_kernels
+
+    numba_kernels.disable_disk_cache()
 
 
 def worker_count() -> int:

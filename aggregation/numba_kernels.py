@@ -174,3 +174,24 @@ def mean_around_median_kernel(
                 total += buffer[best_start[column] + offset, column]
             target[column] = total / keep
     return any_flagged(guard)  # type: ignore[no-any-return]
+
+
+def disable_disk_cache() -> None:
+    """Compile in memory from now on: neither read nor write numba's on-disk cache.
+
+    For when a cache write failed (read-only or full disk). A failed write
+    while compiling a helper aborts the whole kernel's compilation, so without
+    this every call would compile again and fail again. numba has no public
+    switch for an existing dispatcher; its cache is the ``_cache`` attribute.
+    """
+    from numba.core.caching import NullCache
+
+    for dispatcher in (
+        load_tile,
+        apply_network,
+        any_flagged,
+        median_kernel,
+        trimmed_mean_kernel,
+        mean_around_median_kernel,
+    ):
+        dispatcher._cache = NullCache()  # type: ignore[attr-defined]

@@ -318,14 +318,36 @@ def test_kernels_compile_without_a_writable_cache(monkeypatch: pytest.MonkeyPatc
     assert np.array_equal(compiled(np.arange(3.0)), np.array([0.0, 2.0, 4.0]))
 
 
-def test_a_failed_cache_write_falls_back_to_the_torch_path(
+def test_a_failed_cache_write_compiles_in_memory_and_retries(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    compiled = kernels._compiled_kernels()
+    assert compiled is not None
+    real_kernel = compiled["median"]
+    failures = [PermissionError(13, "Permission denied", "__pycache__/numba_kernels.nbi")]
+    disabled: list[bool] = []
+
+    def cache_write_fails_once(*args: object) -> object:
+        if failures:
+            raise failures.pop()
+        return real_kernel(*args)
+
+    monkeypatch.setitem(compiled, "median", cache_write_fails_once)
+    monkeypatch.setattr(kernels, "_disable_disk_cache", lambda: disabled.append(True))
+    updates = gaussian(6)
+    assert torch.equal(column_median(updates), kernels._torch_column_median(updates))
+    assert disabled == [True]
+
+
+def test_a_cache_failure_that_persists_falls_back_to_the_torch_path(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     def cache_write_fails(*args: object) -> bool:
-        raise PermissionError(13, "Permission denied", "__pycache__/kernels.nbi")
+        raise PermissionError(13, "Permission denied", "__pycache__/numba_kernels.nbi")
 
     compiled = kernels._compiled_kernels()
     assert compiled is not None
     monkeypatch.setitem(compiled, "median", cache_write_fails)
+    monkeypatch.setattr(kernels, "_disable_disk_cache", lambda: None)
     updates = gaussian(6)
     assert torch.equal(column_median(updates), kernels._torch_column_median(updates))
