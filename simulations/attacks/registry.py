@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_type_hints
 
 from ztfl.aggregation import parse_steps
 
@@ -52,7 +52,10 @@ def resolve_attack(description: str) -> ResolvedAttack:
     if text in ("", "none"):
         return ResolvedAttack("none", None, None)
     target, params = _split_target(text)
-    factory = BUILTIN_ATTACKS.get(target) or _import_factory(target)
+    builtin = BUILTIN_ATTACKS.get(target)
+    if builtin is not None:
+        _check_builtin_params(target, builtin, params)
+    factory = builtin or _import_factory(target)
     try:
         attack = factory(**params)
     except TypeError as error:
@@ -70,8 +73,33 @@ def _split_target(text: str) -> tuple[str, dict[str, Any]]:
     target = head.strip()
     if not sep:
         return target, {}
-    (spec,) = parse_steps(f"attack({tail}")
-    return target, dict(spec.params)
+    try:
+        steps = parse_steps(f"attack({tail}")
+    except ValueError as error:
+        raise AttackConfigError(
+            f"cannot parse attack {text!r}; write name or name(key=value, ...)"
+        ) from error
+    if len(steps) != 1:
+        raise AttackConfigError(f"attack {text!r} names more than one attack")
+    return target, dict(steps[0].params)
+
+
+def _check_builtin_params(
+    target: str, factory: Callable[..., Any], params: Mapping[str, Any]
+) -> None:
+    """Refuse a word where a built-in attack takes a number, before a simulation starts.
+
+    The parameter syntax keeps unparseable values as strings; without this check
+    ``ipm(epsilon=ten)`` would only fail when the first update is forged.
+    """
+    hints = get_type_hints(factory)
+    for key, value in params.items():
+        expected = hints.get(key)
+        is_int = isinstance(value, int) and not isinstance(value, bool)
+        if expected is int and not is_int:
+            raise AttackConfigError(f"attack {target!r}: {key} must be an integer, got {value!r}")
+        if expected in (float, float | None) and not (is_int or isinstance(value, float)):
+            raise AttackConfigError(f"attack {target!r}: {key} must be a number, got {value!r}")
 
 
 def _import_factory(target: str) -> Callable[..., Any]:

@@ -1,0 +1,97 @@
+"""The ClientApp as Flower calls it: data from the node's context, refusals as error replies."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+from flwr.app import Context, Message, MessageType, RecordDict
+
+from ztfl.client import protocol
+from ztfl.client.app import app, build_client_app, load_context_data
+from ztfl.client.data import ClientData, DatasetConfigError
+from ztfl.simulations.datasets import load_digits_partition
+
+RoundMessage = Callable[..., Message]
+
+
+def node_context(
+    node_config: dict[str, bool | float | int | str],
+    run_config: dict[str, bool | float | int | str] | None = None,
+) -> Context:
+    return Context(
+        run_id=42,
+        node_id=7,
+        node_config=node_config,
+        state=RecordDict(),
+        run_config=run_config or {},
+    )
+
+
+def test_the_client_app_trains_on_the_data_its_loader_returns(
+    round_message: RoundMessage, client_data: ClientData
+) -> None:
+    client_app = build_client_app(lambda context: client_data)
+    reply = client_app(round_message(), node_context({}))
+    assert not reply.has_error()
+    metrics = reply.content.metric_records[protocol.METRICS_KEY]
+    assert metrics[protocol.NUM_EXAMPLES] == client_data.num_train
+
+
+def test_the_client_app_answers_a_refused_round_with_its_error_code(
+    round_message: RoundMessage, client_data: ClientData
+) -> None:
+    client_app = build_client_app(lambda context: client_data)
+    reply = client_app(round_message(with_model=False), node_context({}))
+    assert reply.has_error()
+    assert reply.error.code == int(protocol.ClientErrorCode.INVALID_MESSAGE)
+
+
+def test_the_client_app_answers_a_node_without_a_dataset_with_no_data(
+    round_message: RoundMessage,
+) -> None:
+    reply = app(round_message(), node_context({}))
+    assert reply.has_error()
+    assert reply.error.code == int(protocol.ClientErrorCode.NO_DATA)
+    assert "--node-config" in str(reply.error.reason)
+
+
+def test_the_client_app_answers_an_evaluation_without_a_dataset_with_no_data(
+    round_message: RoundMessage,
+) -> None:
+    reply = app(round_message(message_type=MessageType.EVALUATE), node_context({}))
+    assert reply.has_error()
+    assert reply.error.code == int(protocol.ClientErrorCode.NO_DATA)
+
+
+def test_the_client_app_loads_the_dataset_its_node_configuration_names(
+    round_message: RoundMessage,
+) -> None:
+    context = node_context({"dataset": "ztfl_test_hooks.datasets:load_tiny", "rows": 6})
+    reply = app(round_message(message_type=MessageType.EVALUATE), context)
+    assert not reply.has_error()
+    assert reply.content.metric_records[protocol.METRICS_KEY][protocol.NUM_EXAMPLES] == 6
+
+
+def test_load_context_data_gives_a_simulated_node_its_digits_partition() -> None:
+    context = node_context(
+        {"partition-id": 2, "num-partitions": 10},
+        {"partition-alpha": 0.5, "seed": 1},
+    )
+    data = load_context_data(context)
+    expected = load_digits_partition(2, 10, alpha=0.5, seed=1)
+    np.testing.assert_array_equal(data.train_labels.numpy(), expected.train_labels.numpy())
+    np.testing.assert_array_equal(data.test_features.numpy(), expected.test_features.numpy())
+
+
+def test_load_context_data_prefers_the_dataset_hook_over_a_simulation_partition() -> None:
+    context = node_context(
+        {"dataset": "ztfl_test_hooks.datasets:load_tiny", "partition-id": 0, "num-partitions": 10}
+    )
+    assert load_context_data(context).num_train == 4
+
+
+def test_load_context_data_without_hook_or_partition_is_a_dataset_error() -> None:
+    with pytest.raises(DatasetConfigError, match="no dataset"):
+        load_context_data(node_context({"partition-id": 0}))

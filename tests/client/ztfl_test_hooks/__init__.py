@@ -1,0 +1,1 @@
+"""Dataset hooks for the client tests, referenced by ``package.module:function`` strings."""

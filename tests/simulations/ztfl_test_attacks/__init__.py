@@ -1,0 +1,1 @@
+"""Attacks a scenario adds by ``module:factory`` path, for the simulation tests."""
