@@ -66,39 +66,53 @@ NONFINITE_MESSAGE = "updates contain NaN or Inf; validate updates before aggrega
 # ---------------------------------------------------------------- public API
 
 
-def column_median(updates: torch.Tensor) -> torch.Tensor:
-    """Coordinate-wise median; for even n the mean of the two middle values (as ``np.median``)."""
+def column_median(updates: torch.Tensor, mixing: torch.Tensor | None = None) -> torch.Tensor:
+    """Coordinate-wise median; for even n the mean of the two middle values (as ``np.median``).
+
+    With ``mixing`` (an (m, n) matrix A), the median of the m rows of A @ updates;
+    the compiled path forms those rows one tile at a time and never the whole
+    (m, d) matrix, so a linear pre-aggregation step (``composition.py``) costs
+    no extra memory.
+    """
+    rows = _mixed_rows(updates, mixing)
     if kernel_backend(updates) == "compiled":
-        n = updates.shape[0]
-        return _run_compiled("median", updates, _median_network(n), 0)
-    return _torch_column_median(updates)
+        return _run_compiled("median", updates, mixing, _median_network(rows), 0)
+    return _torch_column_median(_mixed(updates, mixing))
 
 
-def column_trimmed_mean(updates: torch.Tensor, trim: int) -> torch.Tensor:
-    """Coordinate-wise mean after dropping the ``trim`` smallest and largest values."""
-    n = updates.shape[0]
-    if not 0 <= 2 * trim < n:
-        raise ValueError(f"trim must satisfy 0 ≤ 2·trim < n, got trim={trim}, n={n}")
+def column_trimmed_mean(
+    updates: torch.Tensor, trim: int, mixing: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Coordinate-wise mean after dropping the ``trim`` smallest and largest values.
+
+    ``mixing`` as for ``column_median``; ``trim`` then counts rows of A @ updates.
+    """
+    rows = _mixed_rows(updates, mixing)
+    if not 0 <= 2 * trim < rows:
+        raise ValueError(f"trim must satisfy 0 ≤ 2·trim < n, got trim={trim}, n={rows}")
     if kernel_backend(updates) == "compiled":
-        return _run_compiled("trimmed_mean", updates, _trimmed_network(n, trim), trim)
-    return _torch_column_trimmed_mean(updates, trim)
+        return _run_compiled("trimmed_mean", updates, mixing, _trimmed_network(rows, trim), trim)
+    return _torch_column_trimmed_mean(_mixed(updates, mixing), trim)
 
 
-def column_mean_around_median(updates: torch.Tensor, keep: int) -> torch.Tensor:
+def column_mean_around_median(
+    updates: torch.Tensor, keep: int, mixing: torch.Tensor | None = None
+) -> torch.Tensor:
     """Per coordinate, the mean of the ``keep`` values closest to the median.
 
     Bulyan's second stage (El Mhamdi et al., 2018). The ``keep`` closest values
     form a contiguous window of the sorted column; the window with the smallest
     spread around the median is the first one (lowest start) minimising
     ``max(median − first, last − median)``, both differences taken in the
-    input dtype, so both back ends pick the same window.
+    input dtype, so both back ends pick the same window. ``mixing`` as for
+    ``column_median`` (Bulyan's selection is such a map).
     """
-    n = updates.shape[0]
-    if not 1 <= keep <= n:
-        raise ValueError(f"keep must satisfy 1 ≤ keep ≤ n, got keep={keep}, n={n}")
+    rows = _mixed_rows(updates, mixing)
+    if not 1 <= keep <= rows:
+        raise ValueError(f"keep must satisfy 1 ≤ keep ≤ n, got keep={keep}, n={rows}")
     if kernel_backend(updates) == "compiled":
-        return _run_compiled("mean_around_median", updates, _full_network(n), keep)
-    return _torch_column_mean_around_median(updates, keep)
+        return _run_compiled("mean_around_median", updates, mixing, _full_network(rows), keep)
+    return _torch_column_mean_around_median(_mixed(updates, mixing), keep)
 
 
 def column_median_sorted(ordered: torch.Tensor) -> torch.Tensor:
@@ -124,6 +138,24 @@ def kernel_backend(updates: torch.Tensor) -> Backend:
     ):
         return "compiled"
     return "torch"
+
+
+def _mixed_rows(updates: torch.Tensor, mixing: torch.Tensor | None) -> int:
+    """Rows the statistic runs over: m for an (m, n) mixing matrix, else n."""
+    if mixing is None:
+        return int(updates.shape[0])
+    if mixing.ndim != 2 or mixing.shape[1] != updates.shape[0] or mixing.shape[0] < 1:
+        raise ValueError(
+            f"mixing must be an (m, {updates.shape[0]}) matrix with m ≥ 1, "
+            f"got shape {tuple(mixing.shape)}"
+        )
+    return int(mixing.shape[0])
+
+
+def _mixed(updates: torch.Tensor, mixing: torch.Tensor | None) -> torch.Tensor:
+    if mixing is None:
+        return updates
+    return mixing.to(dtype=updates.dtype, device=updates.device) @ updates
 
 
 # ---------------------------------------------------------------- torch path
@@ -262,32 +294,40 @@ def _full_network(n: int) -> Network:
 
 
 def _run_compiled(
-    statistic: str, updates: torch.Tensor, network: Network, parameter: int
+    statistic: str,
+    updates: torch.Tensor,
+    mixing: torch.Tensor | None,
+    network: Network,
+    parameter: int,
 ) -> torch.Tensor:
     """Run one compiled kernel over column chunks on the thread pool."""
     kernels = _compiled_kernels()
     if kernels is None:  # numba failed to import after all
-        return _torch_fallback(statistic, updates, parameter)
+        return _torch_fallback(statistic, _mixed(updates, mixing), parameter)
     kernel = kernels[statistic]
     matrix = updates.detach().contiguous()
     d = matrix.shape[1]
     values = matrix.numpy()
+    if mixing is None:
+        mixing_values = np.empty((0, 0), dtype=values.dtype)
+    else:
+        mixing_values = mixing.detach().to(device="cpu", dtype=matrix.dtype).contiguous().numpy()
     result = torch.empty(d, dtype=matrix.dtype)
     out = result.numpy()
     tile = max(16, TILE_ROW_BYTES // values.itemsize)
     low, high = network
     try:
-        nonfinite = _execute(kernel, values, out, low, high, tile, parameter)
+        nonfinite = _execute(kernel, values, mixing_values, out, low, high, tile, parameter)
     except OSError as error:
         # numba writes its on-disk cache after compiling; a failed write (read-only
         # or full disk) must not fail aggregation: compile in memory and retry.
         LOGGER.warning("numba could not write its cache (%s); compiling in memory", error)
         _disable_disk_cache()
         try:
-            nonfinite = _execute(kernel, values, out, low, high, tile, parameter)
+            nonfinite = _execute(kernel, values, mixing_values, out, low, high, tile, parameter)
         except OSError:
             LOGGER.exception("compiled kernels unavailable; using torch for this call")
-            return _torch_fallback(statistic, updates, parameter)
+            return _torch_fallback(statistic, _mixed(updates, mixing), parameter)
     if nonfinite:
         raise InvalidUpdatesError(NONFINITE_MESSAGE)
     return result
@@ -296,6 +336,7 @@ def _run_compiled(
 def _execute(
     kernel: Callable[..., Any],
     values: npt.NDArray[Any],
+    mixing: npt.NDArray[Any],
     out: npt.NDArray[Any],
     low: npt.NDArray[np.int64],
     high: npt.NDArray[np.int64],
@@ -306,12 +347,14 @@ def _execute(
     n, d = values.shape
     threads = worker_count()
     if threads == 1 or n * d < PARALLEL_MIN_ELEMENTS:
-        return bool(kernel(values, out, low, high, 0, d, tile, parameter))
+        return bool(kernel(values, mixing, out, low, high, 0, d, tile, parameter))
     chunk = -(-d // (threads * CHUNKS_PER_THREAD))
     chunk = -(-chunk // tile) * tile
     pool = _thread_pool(threads)
     futures = [
-        pool.submit(kernel, values, out, low, high, start, min(d, start + chunk), tile, parameter)
+        pool.submit(
+            kernel, values, mixing, out, low, high, start, min(d, start + chunk), tile, parameter
+        )
         for start in range(0, d, chunk)
     ]
     return any([bool(future.result()) for future in futures])

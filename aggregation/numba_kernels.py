@@ -2,12 +2,15 @@
 
 Imported only by ``kernels._compiled_kernels`` (so a process that never
 aggregates on CPU never imports numba). Each kernel reduces the columns
-``[start, stop)`` of a C-contiguous (n, d) matrix into ``out`` and returns
-whether it met NaN or ±Inf. A tile of columns is copied into a buffer that
-stays in cache, and each compare-exchange of the network is a loop across the
-tile that LLVM compiles to vector min/max, so no column ever branches on its
-data. The kernels release the GIL; ``kernels.py`` runs chunks of columns on a
-thread pool.
+``[start, stop)`` of the rows of ``mixing @ values`` — of ``values`` itself
+when ``mixing`` has no rows — into ``out`` and returns whether ``values`` held
+NaN or ±Inf; ``values`` is a C-contiguous (n, d) matrix, ``mixing`` (m, n).
+The mixed rows are formed one tile at a time, so a pre-aggregation map
+(NNM, bucketing, Bulyan's selection) never materialises an (m, d) matrix.
+A tile of columns is copied into a buffer that stays in cache, and each
+compare-exchange of the network is a loop across the tile that LLVM compiles
+to vector min/max, so no column ever branches on its data. The kernels
+release the GIL; ``kernels.py`` runs chunks of columns on a thread pool.
 """
 
 from __future__ import annotations
@@ -53,6 +56,44 @@ def load_tile(values: Any, buffer: Any, guard: Any, start: int, width: int) -> N
 
 
 @jit_kernel
+def mix_tile(mixing: Any, source: Any, target: Any, width: int) -> None:
+    """target = mixing @ source over the tile, skipping zero weights (NNM, buckets).
+
+    Accumulates in the input dtype, as the matrix product it replaces does.
+    """
+    for out_row in range(mixing.shape[0]):
+        accumulator = target[out_row]
+        for column in range(width):
+            accumulator[column] = 0
+        for in_row in range(mixing.shape[1]):
+            weight = mixing[out_row, in_row]
+            if weight != 0:
+                row = source[in_row]
+                for column in range(width):
+                    accumulator[column] += weight * row[column]
+
+
+@jit_kernel
+def fill_tile(
+    values: Any, mixing: Any, source: Any, buffer: Any, guard: Any, start: int, width: int
+) -> None:
+    """Load a tile of ``values``; then mix it into ``buffer`` if ``mixing`` has rows."""
+    load_tile(values, source, guard, start, width)
+    if mixing.shape[0] > 0:
+        mix_tile(mixing, source, buffer, width)
+
+
+@jit_kernel
+def tile_buffers(values: Any, mixing: Any, tile: int) -> tuple[Any, Any, Any]:
+    """The tile of ``values``, the tile of rows to reduce (the same array unless mixed), a guard."""
+    source = np.empty((values.shape[0], tile), dtype=values.dtype)
+    buffer = np.empty((mixing.shape[0], tile), dtype=values.dtype)
+    if mixing.shape[0] == 0:
+        buffer = source
+    return source, buffer, np.zeros(tile, dtype=values.dtype)
+
+
+@jit_kernel
 def apply_network(buffer: Any, low: Any, high: Any, width: int) -> None:
     """Compare-exchange rows low[i] and high[i], element-wise across the tile, for each i."""
     for index in range(low.shape[0]):
@@ -77,18 +118,25 @@ def any_flagged(guard: Any) -> bool:
 
 @jit_kernel
 def median_kernel(
-    values: Any, out: Any, low: Any, high: Any, start: int, stop: int, tile: int, unused: int
+    values: Any,
+    mixing: Any,
+    out: Any,
+    low: Any,
+    high: Any,
+    start: int,
+    stop: int,
+    tile: int,
+    unused: int,
 ) -> bool:
     """Column medians; for even n the two middle values are summed in the input dtype
     and halved (exact), as torch and ``np.median`` do."""
-    n = values.shape[0]
-    buffer = np.empty((n, tile), dtype=values.dtype)
-    guard = np.zeros(tile, dtype=values.dtype)
+    source, buffer, guard = tile_buffers(values, mixing, tile)
+    n = buffer.shape[0]
     lower_row = (n - 1) // 2
     upper_row = n // 2
     for first in range(start, stop, tile):
         width = min(tile, stop - first)
-        load_tile(values, buffer, guard, first, width)
+        fill_tile(values, mixing, source, buffer, guard, first, width)
         apply_network(buffer, low, high, width)
         target = out[first : first + width]
         lower = buffer[lower_row]
@@ -105,17 +153,24 @@ def median_kernel(
 
 @jit_kernel
 def trimmed_mean_kernel(
-    values: Any, out: Any, low: Any, high: Any, start: int, stop: int, tile: int, trim: int
+    values: Any,
+    mixing: Any,
+    out: Any,
+    low: Any,
+    high: Any,
+    start: int,
+    stop: int,
+    tile: int,
+    trim: int,
 ) -> bool:
     """Column means of the sorted rows [trim, n − trim), summed in float64."""
-    n = values.shape[0]
-    buffer = np.empty((n, tile), dtype=values.dtype)
-    guard = np.zeros(tile, dtype=values.dtype)
+    source, buffer, guard = tile_buffers(values, mixing, tile)
+    n = buffer.shape[0]
     total = np.empty(tile, dtype=np.float64)
     count = n - 2 * trim
     for first in range(start, stop, tile):
         width = min(tile, stop - first)
-        load_tile(values, buffer, guard, first, width)
+        fill_tile(values, mixing, source, buffer, guard, first, width)
         apply_network(buffer, low, high, width)
         total[:] = 0.0
         for row in range(trim, n - trim):
@@ -130,13 +185,20 @@ def trimmed_mean_kernel(
 
 @jit_kernel
 def mean_around_median_kernel(
-    values: Any, out: Any, low: Any, high: Any, start: int, stop: int, tile: int, keep: int
+    values: Any,
+    mixing: Any,
+    out: Any,
+    low: Any,
+    high: Any,
+    start: int,
+    stop: int,
+    tile: int,
+    keep: int,
 ) -> bool:
     """Per column, the float64 mean of the window of ``keep`` sorted values whose spread
     around the median is smallest (first such window on ties, like ``torch.argmin``)."""
-    n = values.shape[0]
-    buffer = np.empty((n, tile), dtype=values.dtype)
-    guard = np.zeros(tile, dtype=values.dtype)
+    source, buffer, guard = tile_buffers(values, mixing, tile)
+    n = buffer.shape[0]
     # The median and the spreads stay in the input dtype, rounded as torch
     # rounds them, so both back ends choose the same window.
     median = np.empty(tile, dtype=values.dtype)
@@ -146,7 +208,7 @@ def mean_around_median_kernel(
     upper_row = n // 2
     for first in range(start, stop, tile):
         width = min(tile, stop - first)
-        load_tile(values, buffer, guard, first, width)
+        fill_tile(values, mixing, source, buffer, guard, first, width)
         apply_network(buffer, low, high, width)
         lower = buffer[lower_row]
         upper = buffer[upper_row]
@@ -188,6 +250,9 @@ def disable_disk_cache() -> None:
 
     for dispatcher in (
         load_tile,
+        mix_tile,
+        fill_tile,
+        tile_buffers,
         apply_network,
         any_flagged,
         median_kernel,

@@ -240,6 +240,64 @@ def test_torch_mean_around_median_is_not_swamped_by_a_large_value_below_the_wind
     assert torch.equal(result, torch.tensor([1.5]))
 
 
+# ---------------------------------------------------------------- mixed rows
+
+
+def neighbour_averaging(n: int, kept: int) -> torch.Tensor:
+    """An NNM-like map: row i averages rows i, i+1, …, i+kept−1 (mod n)."""
+    mixing = torch.zeros(n, n, dtype=torch.float64)
+    for row in range(n):
+        for offset in range(kept):
+            mixing[row, (row + offset) % n] = 1.0 / kept
+    return mixing
+
+
+def test_median_of_selected_rows_equals_the_median_of_those_rows() -> None:
+    updates = gaussian(9)
+    chosen = torch.tensor([0, 2, 3, 7])
+    selection = torch.zeros(4, 9, dtype=torch.float64)
+    selection[torch.arange(4), chosen] = 1.0
+    assert torch.equal(column_median(updates, selection), column_median(updates[chosen]))
+
+
+def test_trimmed_mean_of_mixed_rows_matches_the_materialised_product(dtype: torch.dtype) -> None:
+    updates = gaussian(11, dtype=dtype)
+    mixing = neighbour_averaging(11, 8)
+    expected = kernels._torch_column_trimmed_mean(mixing.to(dtype) @ updates, 2)
+    torch.testing.assert_close(
+        column_trimmed_mean(updates, 2, mixing),
+        expected,
+        rtol=0.0,
+        atol=mean_tolerance(updates, 11),
+    )
+
+
+def test_mean_around_median_of_mixed_rows_matches_the_materialised_product() -> None:
+    updates = small_integers(8, dtype=torch.float64)
+    mixing = neighbour_averaging(8, 2)  # halves of integer sums: exact
+    expected = kernels._torch_column_mean_around_median(mixing @ updates, 4)
+    assert torch.equal(column_mean_around_median(updates, 4, mixing), expected)
+
+
+def test_trim_counts_the_rows_of_the_mixed_matrix() -> None:
+    updates = gaussian(10)
+    with pytest.raises(ValueError, match="trim"):
+        column_trimmed_mean(updates, 2, torch.ones(4, 10) / 10)
+
+
+def test_mixing_of_the_wrong_width_is_refused() -> None:
+    with pytest.raises(ValueError, match="mixing"):
+        column_median(gaussian(5), torch.ones(3, 4))
+
+
+def test_non_finite_rows_are_refused_even_with_zero_mixing_weight() -> None:
+    updates = gaussian(5)
+    updates[4, 0] = float("nan")
+    selection = torch.eye(5, dtype=torch.float64)[:3]
+    with pytest.raises(InvalidUpdatesError, match="NaN or Inf"):
+        column_median(updates, selection)
+
+
 # ---------------------------------------------------------------- non-finite values
 
 
