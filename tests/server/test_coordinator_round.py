@@ -1,0 +1,323 @@
+"""The coordinator's round on Flower's Message API, against real ClientApps in this process.
+
+``LoopbackGrid`` stands in for the SuperLink and its SuperNodes: it hands each
+message to a real ``ClientApp`` (``ztfl.client.app.build_client_app``) with the
+node's ``Context`` and returns the real replies. Everything else — messages,
+models, digits data, training, validation, aggregation — is the production code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import Context, Message, MessageType, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid
+from flwr.supercore.run import Run
+
+from ztfl.aggregation import RefusalReason
+from ztfl.client import protocol
+from ztfl.client.app import build_client_app
+from ztfl.client.data import ClientData
+from ztfl.client.models import build_model
+from ztfl.client.trainer import evaluate, load_weights, model_weights
+from ztfl.server.config import CoordinatorConfig
+from ztfl.server.coordinator import Coordinator, NotEnoughNodesError
+from ztfl.server.history import RoundRecord
+from ztfl.simulations.datasets import digits_holdout, load_digits_partition
+
+NODE_IDS = (101, 102, 103, 104, 105)
+EMPTY_NODE_IDS = frozenset({104, 105})
+"""Nodes whose dataset is empty in the ``with_two_empty`` grid: they refuse with NO_DATA."""
+
+
+class LoopbackGrid(Grid):
+    """Flower's Grid contract in one process: every message goes straight to a ClientApp."""
+
+    def __init__(self, client_app: ClientApp, node_ids: Iterable[int]) -> None:
+        self._client_app = client_app
+        self._contexts = {
+            node_id: Context(
+                run_id=1, node_id=node_id, node_config={}, state=RecordDict(), run_config={}
+            )
+            for node_id in node_ids
+        }
+        self._run = Run.create_empty(1)
+        self._pending: dict[str, Message] = {}
+        self.sent: list[Message] = []
+        self.received: list[Message] = []
+
+    def set_run(self, run: Run) -> None:
+        self._run = run
+
+    @property
+    def run(self) -> Run:
+        return self._run
+
+    def create_message(
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
+        ttl: float | None = None,
+    ) -> Message:
+        return Message(content, dst_node_id, message_type, group_id=group_id, ttl=ttl)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self._contexts)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        ids = []
+        for message in messages:
+            message_id = str(len(self.sent) + len(self._pending))
+            self._pending[message_id] = self._deliver(message)
+            ids.append(message_id)
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return [self._pending.pop(message_id) for message_id in message_ids]
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        return [self._deliver(message) for message in messages]
+
+    def _deliver(self, message: Message) -> Message:
+        self.sent.append(message)
+        reply = self._client_app(message, self._contexts[message.metadata.dst_node_id])
+        self.received.append(reply)
+        return reply
+
+
+@pytest.fixture(scope="module", autouse=True)
+def torch_optimizers_loaded() -> None:
+    """Pay once, in setup, for the first ``torch.optim`` use (it imports torch._dynamo: seconds)."""
+    torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=0.1)
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """Train on one thread, as the ClientApp does, and give later tests their threads back."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def node_data() -> dict[int, ClientData]:
+    """An IID digits share per node."""
+    return {
+        node_id: load_digits_partition(index, len(NODE_IDS), alpha=None, seed=0)
+        for index, node_id in enumerate(NODE_IDS)
+    }
+
+
+@pytest.fixture
+def grid(node_data: Mapping[int, ClientData]) -> LoopbackGrid:
+    """Five nodes that all train."""
+    return LoopbackGrid(build_client_app(lambda context: node_data[context.node_id]), NODE_IDS)
+
+
+@pytest.fixture
+def with_two_empty(node_data: Mapping[int, ClientData]) -> LoopbackGrid:
+    """Five nodes, two of which hold no training data and refuse every training round."""
+
+    def load(context: Context) -> ClientData:
+        data = node_data[context.node_id]
+        if context.node_id not in EMPTY_NODE_IDS:
+            return data
+        return ClientData(
+            data.train_features[:0], data.train_labels[:0], data.test_features, data.test_labels
+        )
+
+    return LoopbackGrid(build_client_app(load), NODE_IDS)
+
+
+def make_coordinator(**settings: object) -> Coordinator:
+    config: dict[str, object] = {
+        "num_rounds": 1,
+        "min_nodes": 1,
+        "pipeline": "mean",
+        "local_epochs": 1,
+        "seed": 0,
+        "federated_evaluation": False,
+        "node_wait_timeout_s": 0.05,
+    }
+    config.update(settings)
+    initial = model_weights(build_model("mlp", seed=0))
+    return Coordinator(CoordinatorConfig(**config), initial)  # type: ignore[arg-type]
+
+
+def flat(weights: Mapping[str, np.ndarray]) -> np.ndarray:
+    return np.concatenate([values.reshape(-1) for values in weights.values()])
+
+
+def train_replies(grid: LoopbackGrid) -> list[Message]:
+    return [m for m in grid.received if m.metadata.message_type == MessageType.TRAIN]
+
+
+# ------------------------------------------------------------------ one round
+
+
+def test_a_round_adds_the_mean_of_the_client_updates_to_the_global_model(
+    grid: LoopbackGrid,
+) -> None:
+    coordinator = make_coordinator()
+    before = flat(coordinator.global_weights)
+    record = coordinator.run_round(grid, 1)
+    updates = np.stack(
+        [
+            flat({n: a.numpy() for n, a in r.content.array_records[protocol.UPDATE_KEY].items()})
+            for r in train_replies(grid)
+        ]
+    )
+    assert record.committed
+    np.testing.assert_allclose(
+        flat(coordinator.global_weights), before + updates.mean(axis=0), rtol=0, atol=1e-6
+    )
+
+
+def test_a_round_records_who_was_asked_and_who_was_accepted(grid: LoopbackGrid) -> None:
+    record = make_coordinator().run_round(grid, 1)
+    assert record.sampled_nodes == NODE_IDS
+    assert record.accepted_nodes == NODE_IDS
+    assert record.refused == ()
+    assert record.num_replies == len(NODE_IDS)
+    assert record.pipeline == "mean"
+    assert set(record.train_metrics) == {"train_loss", "train_accuracy"}
+
+
+def test_the_broadcast_carries_the_global_model_and_the_round_configuration(
+    grid: LoopbackGrid,
+) -> None:
+    coordinator = make_coordinator(learning_rate=0.2, batch_size=8)
+    initial = coordinator.global_weights
+    coordinator.run_round(grid, 3)
+    message = grid.sent[0]
+    assert message.metadata.message_type == MessageType.TRAIN
+    assert message.metadata.group_id == "3"
+    config = message.content.config_records[protocol.CONFIG_KEY]
+    assert config[protocol.ROUND] == 3
+    assert config[protocol.MODEL] == "mlp"
+    assert config[protocol.LOCAL_EPOCHS] == 1
+    assert config[protocol.LEARNING_RATE] == 0.2
+    assert config[protocol.BATCH_SIZE] == 8
+    model = message.content.array_records[protocol.GLOBAL_MODEL_KEY]
+    for name, values in initial.items():
+        np.testing.assert_array_equal(model[name].numpy(), values)
+
+
+def test_each_sampled_node_gets_its_own_training_seed(grid: LoopbackGrid) -> None:
+    make_coordinator().run_round(grid, 1)
+    seeds = [m.content.config_records[protocol.CONFIG_KEY][protocol.SEED] for m in grid.sent]
+    assert len(set(seeds)) == len(NODE_IDS)
+
+
+def test_clients_per_round_asks_only_that_many_nodes(grid: LoopbackGrid) -> None:
+    record = make_coordinator(clients_per_round=3).run_round(grid, 1)
+    assert len(record.sampled_nodes) == 3
+    assert sorted(m.metadata.dst_node_id for m in grid.sent) == list(record.sampled_nodes)
+
+
+def test_a_client_refusal_is_recorded_and_the_round_commits_without_it(
+    with_two_empty: LoopbackGrid,
+) -> None:
+    record = make_coordinator().run_round(with_two_empty, 1)
+    assert record.committed
+    assert record.accepted_nodes == (101, 102, 103)
+    assert {(r.node_id, r.reason) for r in record.refused} == {
+        (104, RefusalReason.REPLY_ERROR),
+        (105, RefusalReason.REPLY_ERROR),
+    }
+    assert all(str(int(protocol.ClientErrorCode.NO_DATA)) in r.detail for r in record.refused)
+
+
+def test_a_round_with_too_few_valid_updates_is_skipped_and_keeps_the_model(
+    with_two_empty: LoopbackGrid,
+) -> None:
+    # Krum tolerating f = 1 needs n > 2f + 2 = 4 updates; only 3 arrive.
+    coordinator = make_coordinator(pipeline="krum", num_byzantine=1)
+    before = flat(coordinator.global_weights)
+    record = coordinator.run_round(with_two_empty, 1)
+    assert not record.committed
+    assert record.skip_reason is not None
+    assert record.skip_reason.startswith("too few valid updates (3)")
+    np.testing.assert_array_equal(flat(coordinator.global_weights), before)
+
+
+def test_two_coordinators_with_one_seed_replay_the_same_round(
+    node_data: Mapping[int, ClientData],
+) -> None:
+    results = []
+    for _ in range(2):
+        grid = LoopbackGrid(build_client_app(lambda context: node_data[context.node_id]), NODE_IDS)
+        coordinator = make_coordinator(clients_per_round=3)
+        coordinator.run_round(grid, 1)
+        results.append(flat(coordinator.global_weights))
+    np.testing.assert_array_equal(results[0], results[1])
+
+
+def test_federated_evaluation_averages_the_accuracy_the_clients_report(
+    grid: LoopbackGrid,
+) -> None:
+    record = make_coordinator(federated_evaluation=True).run_round(grid, 1)
+    reported = [
+        m.content.metric_records[protocol.METRICS_KEY][protocol.EVAL_ACCURACY]
+        for m in grid.received
+        if m.metadata.message_type == MessageType.EVALUATE
+    ]
+    assert len(reported) == len(NODE_IDS)
+    assert record.federated_metrics["accuracy"] == pytest.approx(np.mean(reported))
+
+
+# ------------------------------------------------------------------ whole runs
+
+
+class RecordingObserver:
+    def __init__(self) -> None:
+        self.started: list[tuple[int, dict[str, float]]] = []
+        self.rounds: list[RoundRecord] = []
+
+    def on_run_start(self, num_rounds: int, initial_metrics: dict[str, float]) -> None:
+        self.started.append((num_rounds, initial_metrics))
+
+    def on_round_end(self, record: RoundRecord) -> None:
+        self.rounds.append(record)
+
+
+def test_a_run_evaluates_centrally_and_reports_every_round_to_its_observers(
+    grid: LoopbackGrid,
+) -> None:
+    holdout = digits_holdout()
+    features, labels = torch.from_numpy(holdout.features), torch.from_numpy(holdout.labels)
+
+    def score(weights: dict[str, np.ndarray]) -> dict[str, float]:
+        model = build_model("mlp")
+        load_weights(model, weights)
+        loss, accuracy = evaluate(model, features, labels, torch.device("cpu"))
+        return {"loss": loss, "accuracy": accuracy}
+
+    observer = RecordingObserver()
+    config = CoordinatorConfig(
+        num_rounds=2, min_nodes=5, pipeline="mean", local_epochs=1, seed=0,
+        federated_evaluation=False, learning_rate=0.1,
+    )  # fmt: skip
+    initial = model_weights(build_model("mlp", seed=0))
+    coordinator = Coordinator(config, initial, central_evaluation=score, observers=[observer])
+    history = coordinator.run(grid)
+    assert [record.server_round for record in history.rounds] == [1, 2]
+    assert observer.rounds == history.rounds
+    assert observer.started == [(2, history.initial_metrics)]
+    assert history.accuracy_series()[-1] > history.accuracy_series()[0]
+
+
+def test_a_run_refuses_to_start_without_enough_nodes(grid: LoopbackGrid) -> None:
+    coordinator = make_coordinator(min_nodes=6)
+    with pytest.raises(NotEnoughNodesError, match="5 node\\(s\\) connected"):
+        coordinator.run(grid)
+    assert grid.sent == []
