@@ -126,7 +126,8 @@ def check_layout(
             )
         try:
             actual = np.dtype(dtype)
-        except TypeError:
+        except (TypeError, ValueError, SyntaxError):
+            # np.dtype parses its argument; a client controls that string.
             return Refusal(RefusalReason.DTYPE_MISMATCH, f"{name}: unknown dtype {dtype!r}")
         if actual != expected.dtype:
             return Refusal(

@@ -81,7 +81,6 @@ def handle_train(message: Message, data: ClientData) -> Message:
     training = _training_config(config)
     if data.num_train == 0:
         raise ClientRefusal(protocol.ClientErrorCode.NO_DATA, "no training examples")
-    torch.set_num_threads(1)
     result = train_update(model, data, training)
     content = RecordDict(
         {
@@ -103,7 +102,6 @@ def handle_train(message: Message, data: ClientData) -> Message:
 def handle_evaluate(message: Message, data: ClientData) -> Message:
     """Evaluate the message's global model on the local test split."""
     model, _ = _prepare(message)
-    torch.set_num_threads(1)
     loss, accuracy = evaluate(model, data.test_features, data.test_labels)
     metrics = MetricRecord(
         {
@@ -132,9 +130,15 @@ def _prepare(message: Message) -> tuple[torch.nn.Module, ConfigRecord]:
         model = build_model(model_name)
     except UnknownModelError as error:
         raise ClientRefusal(protocol.ClientErrorCode.UNKNOWN_MODEL, str(error)) from error
+    weights = content.array_records[protocol.GLOBAL_MODEL_KEY]
     try:
-        weights = content.array_records[protocol.GLOBAL_MODEL_KEY]
-        load_weights(model, {name: array.numpy() for name, array in weights.items()})
+        arrays = {name: array.numpy() for name, array in weights.items()}
+    except Exception as error:
+        raise ClientRefusal(
+            protocol.ClientErrorCode.INVALID_MESSAGE, f"global model cannot be decoded: {error!r}"
+        ) from error
+    try:
+        load_weights(model, arrays)
     except (ValueError, TypeError) as error:
         raise ClientRefusal(protocol.ClientErrorCode.MODEL_MISMATCH, str(error)) from error
     return model, config

@@ -36,6 +36,11 @@ class ClientData:
                 raise ValueError(
                     f"{split} split has {features.shape[0]} examples but {labels.shape[0]} labels"
                 )
+            if features.dtype != torch.float32 or labels.dtype != torch.int64:
+                raise ValueError(
+                    f"{split} split must be float32 features and int64 labels, "
+                    f"got {features.dtype} and {labels.dtype}"
+                )
 
     @property
     def num_train(self) -> int:

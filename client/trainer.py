@@ -74,7 +74,7 @@ def train_update(
             loss = loss_fn(logits, labels[batch])
             loss.backward()
             optimizer.step()
-            total_loss += float(loss) * len(batch)
+            total_loss += loss.item() * len(batch)
             correct += int((logits.argmax(dim=1) == labels[batch]).sum())
             seen += len(batch)
     update = {
@@ -99,7 +99,7 @@ def evaluate(
         logits = model(features.to(device))
         loss = nn.functional.cross_entropy(logits, labels.to(device))
         accuracy = (logits.argmax(dim=1) == labels.to(device)).float().mean()
-    return float(loss), float(accuracy)
+    return loss.item(), accuracy.item()
 
 
 def load_weights(model: nn.Module, weights: Mapping[str, np.ndarray]) -> None:

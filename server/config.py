@@ -73,11 +73,17 @@ class CoordinatorConfig:
                 f"weighting={self.weighting} needs a rule that uses weights; "
                 f"{pipeline.rule.name} does not"
             )
-        if self.clients_per_round and self.clients_per_round < pipeline.minimum_clients():
+        # With clients-per-round = 0 every connected node takes part, and the
+        # coordinator starts once min-nodes are connected.
+        key, per_round = (
+            ("clients-per-round", self.clients_per_round)
+            if self.clients_per_round
+            else ("min-nodes", self.min_nodes)
+        )
+        if per_round < pipeline.minimum_clients():
             raise ConfigError(
                 f"pipeline '{pipeline.description}' with num-byzantine={self.num_byzantine} needs "
-                f"at least {pipeline.minimum_clients()} updates per round; "
-                f"clients-per-round is {self.clients_per_round}"
+                f"at least {pipeline.minimum_clients()} updates per round; {key} is {per_round}"
             )
 
     def build_pipeline(self) -> Pipeline:

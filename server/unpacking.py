@@ -9,8 +9,10 @@ accepted rows are a prefix of the matrix.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TypeGuard
 
 import numpy as np
 import torch
@@ -73,7 +75,9 @@ def collect_updates(
         examples.append(num_examples)
         metrics = reply.content[protocol.METRICS_KEY]
         loss, accuracy = metrics.get(protocol.TRAIN_LOSS), metrics.get(protocol.TRAIN_ACCURACY)
-        if isinstance(loss, int | float) and isinstance(accuracy, int | float):
+        # Client-reported figures are for display only; keep the display (and
+        # the JSON it is written to) free of NaN and nonsense.
+        if _plausible(loss, upper=1e6) and _plausible(accuracy, upper=1.0):
             loss_sum, accuracy_sum, metric_count = (
                 loss_sum + loss,
                 accuracy_sum + accuracy,
@@ -116,6 +120,15 @@ def _check_reply(
         return refusal, 0
     refusal, _ = check_row(torch.from_numpy(row), max_update_norm)
     return refusal, num_examples
+
+
+def _plausible(value: object, *, upper: float) -> TypeGuard[float]:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and 0.0 <= value <= upper
+    )
 
 
 def _refusal(node_id: int, reason: RefusalReason, detail: str) -> RefusedUpdate:

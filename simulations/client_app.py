@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 from functools import lru_cache
 
+import torch
 from flwr.app import ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 
@@ -28,6 +29,9 @@ def build_simulation_client_app() -> ClientApp:
 
     @client_app.train()
     def train(message: Message, context: Context) -> Message:
+        # Each simulated client gets one CPU from Ray; more torch threads would
+        # only oversubscribe the host.
+        torch.set_num_threads(1)
         try:
             _reseed(message, context)
             reply = handle_train(message, _simulated_data(message, context))

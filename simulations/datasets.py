@@ -15,7 +15,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from ztfl.client.data import ClientData
+from ztfl.client.data import ClientData, DatasetConfigError, NodeConfig
 
 HOLDOUT_FRACTION = 0.2
 LOCAL_TEST_FRACTION = 0.2
@@ -60,6 +60,20 @@ def digits_training_pool() -> LabelledArrays:
 def digits_holdout() -> LabelledArrays:
     """The 20 % of digits held out for the coordinator's central evaluation."""
     return _digits_split()[1]
+
+
+def check_partitioning(num_partitions: int, alpha: float | None) -> None:
+    """Refuse, before anything runs, a split the digits pool cannot give."""
+    if num_partitions < 1:
+        raise PartitionError(f"need at least one partition, got {num_partitions}")
+    if alpha is not None and alpha <= 0:
+        raise PartitionError(f"Dirichlet alpha must be > 0, got {alpha}")
+    pool = len(digits_training_pool().labels)
+    if num_partitions * MIN_PARTITION_SIZE > pool:
+        raise PartitionError(
+            f"{pool} examples cannot give {num_partitions} clients "
+            f"{MIN_PARTITION_SIZE} examples each"
+        )
 
 
 def partition_indices(
@@ -125,3 +139,46 @@ def load_digits_partition(
         test_features=torch.from_numpy(pool.features[test]),
         test_labels=torch.from_numpy(pool.labels[test]),
     )
+
+
+def digits_node_data(node_config: NodeConfig) -> ClientData:
+    """A SuperNode's share of the bundled digits, for demos of a real deployment.
+
+    The dataset hook (``ztfl.client.data``) for nodes that hold no data of their
+    own: start each SuperNode with
+
+        --node-config "dataset='ztfl.simulations.datasets:digits_node_data'
+                       partition-id=0 num-partitions=2"
+
+    Keys read from the node configuration: ``partition-id`` and
+    ``num-partitions`` (required), ``partition-alpha`` (Dirichlet α; absent
+    means IID) and ``data-seed`` (default 0). Every node of a federation must
+    use the same ``num-partitions``, ``partition-alpha`` and ``data-seed`` for
+    the shares to be disjoint. The coordinator's run config plays no part: a
+    data holder, not the coordinator, decides what it trains on. A bad value
+    raises ``DatasetConfigError``, which the ClientApp answers with a refusal.
+    """
+    partition_id = _node_int(node_config, "partition-id")
+    num_partitions = _node_int(node_config, "num-partitions")
+    seed = _node_int(node_config, "data-seed", default=0)
+    alpha_value = node_config.get("partition-alpha")
+    alpha: float | None
+    if alpha_value is None:
+        alpha = None
+    elif isinstance(alpha_value, int | float) and not isinstance(alpha_value, bool):
+        alpha = float(alpha_value)
+    else:
+        raise DatasetConfigError(f"partition-alpha must be a number, got {alpha_value!r}")
+    try:
+        return load_digits_partition(partition_id, num_partitions, alpha=alpha, seed=seed)
+    except PartitionError as error:
+        raise DatasetConfigError(str(error)) from error
+
+
+def _node_int(node_config: NodeConfig, key: str, default: int | None = None) -> int:
+    value = node_config.get(key, default)
+    if value is None:
+        raise DatasetConfigError(f"node config has no {key}")
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise DatasetConfigError(f"{key} must be an integer, got {value!r}")
+    return value

@@ -144,6 +144,8 @@ def _write_summary(run_dir: Path, rows: list[SummaryRow]) -> None:
 
 def matrix_markdown(rows: Sequence[SummaryRow]) -> str:
     """A markdown table: one row per attack, one column per defence, final accuracy in %."""
+    if not rows:
+        return "_no runs_\n"
     attacks = list(dict.fromkeys(row.attack for row in rows))
     defences = list(dict.fromkeys(row.defence for row in rows))
     cell = {(row.attack, row.defence): row for row in rows}

@@ -9,7 +9,7 @@ The embedded default lives in ``scenarios/default.toml``.
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
@@ -18,6 +18,7 @@ from typing import Any
 from ztfl.aggregation import build_pipeline
 
 from .attacks import resolve_attack
+from .datasets import check_partitioning
 
 
 class ScenarioError(ValueError):
@@ -58,9 +59,9 @@ class Scenario:
     rounds: int = 30
     partition_alpha: float | None = 0.5
     seeds: tuple[int, ...] = (0,)
-    attack: str = "sign_flip(scale=5)"
+    attack: str = "none"
     model: str = "mlp"
-    local_epochs: int = 2
+    local_epochs: int = 5
     learning_rate: float = 0.1
     batch_size: int = 16
     clients_per_round: int = 0
@@ -77,6 +78,7 @@ class Scenario:
             raise ScenarioError("need num-clients ≥ 1 and 0 ≤ num-byzantine < num-clients")
         if self.rounds < 1 or not self.seeds:
             raise ScenarioError("need rounds ≥ 1 and at least one seed")
+        check_partitioning(self.num_clients, self.partition_alpha)
         for attack in (self.attack, *self.matrix_attacks):
             resolve_attack(attack)
         for defence in (*self.defences, *self.matrix_defences):
@@ -127,46 +129,88 @@ def load_scenario(path: Path | None = None) -> Scenario:
     return scenario_from_document(document, source)
 
 
+SCENARIO_KEYS: Mapping[str, tuple[str, type]] = {
+    "name": ("name", str),
+    "num-clients": ("num_clients", int),
+    "num-byzantine": ("num_byzantine", int),
+    "rounds": ("rounds", int),
+    "partition-alpha": ("partition_alpha", float),
+    "seeds": ("seeds", list),
+    "attack": ("attack", str),
+    "model": ("model", str),
+    "local-epochs": ("local_epochs", int),
+    "learning-rate": ("learning_rate", float),
+    "batch-size": ("batch_size", int),
+    "clients-per-round": ("clients_per_round", int),
+    "max-update-norm": ("max_update_norm", float),
+    "clean-reference": ("clean_reference", bool),
+}
+DEFENCE_KEYS = frozenset({"label", "pipeline", "num-byzantine"})
+MATRIX_KEYS = frozenset({"seeds", "attacks", "defence"})
+TOP_LEVEL_KEYS = frozenset({"scenario", "defence", "matrix"})
+
+
 def scenario_from_document(document: Mapping[str, Any], source: str) -> Scenario:
-    """Build a Scenario from a parsed TOML document."""
+    """Build a Scenario from a parsed TOML document, refusing unknown keys and wrong types."""
     try:
-        table = dict(document.get("scenario", {}))
-        known = {
-            "name", "num-clients", "num-byzantine", "rounds", "partition-alpha", "seeds",
-            "attack", "model", "local-epochs", "learning-rate", "batch-size",
-            "clients-per-round", "max-update-norm", "clean-reference",
-        }  # fmt: skip
-        unknown = sorted(set(table) - known)
-        if unknown:
-            raise ScenarioError(f"unknown [scenario] key(s): {', '.join(unknown)}")
-        num_byzantine = int(table.get("num-byzantine", 4))
-        alpha = table.get("partition-alpha", 0.5)
-        matrix = dict(document.get("matrix", {}))
-        return Scenario(
-            name=str(table.get("name", "scenario")),
-            num_clients=int(table.get("num-clients", 20)),
-            num_byzantine=num_byzantine,
-            rounds=int(table.get("rounds", 30)),
-            partition_alpha=None if alpha in ("iid", None) else float(alpha),
-            seeds=tuple(int(seed) for seed in table.get("seeds", [0])),
-            attack=str(table.get("attack", "none")),
-            model=str(table.get("model", "mlp")),
-            local_epochs=int(table.get("local-epochs", 2)),
-            learning_rate=float(table.get("learning-rate", 0.1)),
-            batch_size=int(table.get("batch-size", 16)),
-            clients_per_round=int(table.get("clients-per-round", 0)),
-            max_update_norm=float(table.get("max-update-norm", 100.0)),
-            clean_reference=bool(table.get("clean-reference", True)),
-            defences=_defences(document.get("defence", []), num_byzantine),
-            matrix_attacks=tuple(str(a) for a in matrix.get("attacks", [])),
-            matrix_defences=_defences(matrix.get("defence", []), num_byzantine),
-            matrix_seeds=tuple(int(seed) for seed in matrix.get("seeds", [0, 1, 2])),
-            source=source,
+        _refuse_unknown(document, TOP_LEVEL_KEYS, "top-level table")
+        table = _table(document, "scenario")
+        _refuse_unknown(table, SCENARIO_KEYS, "[scenario] key")
+        values: dict[str, Any] = {}
+        for key, (field_name, kind) in SCENARIO_KEYS.items():
+            if key not in table:
+                continue
+            value = table[key]
+            if key == "partition-alpha" and value == "iid":
+                values[field_name] = None
+            elif key == "seeds":
+                values[field_name] = tuple(
+                    _typed(f"seeds[{i}]", v, int) for i, v in enumerate(value)
+                )
+            else:
+                values[field_name] = _typed(key, value, kind)
+        num_byzantine = values.get("num_byzantine", Scenario.num_byzantine)
+        values["defences"] = _defences(document.get("defence", []), num_byzantine)
+        matrix = _table(document, "matrix")
+        _refuse_unknown(matrix, MATRIX_KEYS, "[matrix] key")
+        values["matrix_attacks"] = tuple(
+            _typed(f"attacks[{i}]", attack, str)
+            for i, attack in enumerate(matrix.get("attacks", []))
         )
-    except ScenarioError:
-        raise
+        values["matrix_defences"] = _defences(matrix.get("defence", []), num_byzantine)
+        if "seeds" in matrix:
+            values["matrix_seeds"] = tuple(
+                _typed(f"matrix seeds[{i}]", v, int) for i, v in enumerate(matrix["seeds"])
+            )
+        return Scenario(**values, source=source)
     except (TypeError, ValueError) as error:
+        if isinstance(error, ScenarioError):
+            raise ScenarioError(f"{source}: {error}") from None
         raise ScenarioError(f"{source}: {error}") from error
+
+
+def _table(document: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    table = document.get(key, {})
+    if not isinstance(table, Mapping):
+        raise ScenarioError(f"[{key}] must be a table")
+    return table
+
+
+def _refuse_unknown(table: Mapping[str, Any], known: Iterable[str], what: str) -> None:
+    unknown = sorted(set(table) - set(known))
+    if unknown:
+        raise ScenarioError(f"unknown {what}(s): {', '.join(unknown)}")
+
+
+def _typed(key: str, value: Any, kind: type) -> Any:
+    """Check a TOML value's type; integers are accepted where floats are, nothing else converts."""
+    if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if kind is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if kind in (str, bool, list) and isinstance(value, kind):
+        return value
+    raise ScenarioError(f"{key} must be {kind.__name__}, got {value!r}")
 
 
 def _defences(tables: Any, default_byzantine: int) -> tuple[Defence, ...]:
@@ -176,12 +220,15 @@ def _defences(tables: Any, default_byzantine: int) -> tuple[Defence, ...]:
     for table in tables:
         if not isinstance(table, Mapping) or "pipeline" not in table:
             raise ScenarioError(f"a defence needs a pipeline, got {table!r}")
-        pipeline = str(table["pipeline"])
+        _refuse_unknown(table, DEFENCE_KEYS, "defence key")
+        pipeline = _typed("pipeline", table["pipeline"], str)
         defences.append(
             Defence(
-                label=str(table.get("label", pipeline)),
+                label=_typed("label", table.get("label", pipeline), str),
                 pipeline=pipeline,
-                num_byzantine=int(table.get("num-byzantine", default_byzantine)),
+                num_byzantine=_typed(
+                    "num-byzantine", table.get("num-byzantine", default_byzantine), int
+                ),
             )
         )
     return tuple(defences)

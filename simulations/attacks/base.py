@@ -21,7 +21,10 @@ from ztfl.client.data import ClientData
 class UpdateAttack(Protocol):
     """Forges the updates of the Byzantine clients of one round."""
 
-    needs_honest_updates: bool
+    @property
+    def needs_honest_updates(self) -> bool:
+        """Whether ``forge`` must receive the round's honest updates (omniscient attack)."""
+        ...
 
     def forge(
         self, own: torch.Tensor, honest: torch.Tensor, generator: torch.Generator

@@ -10,6 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+
 from ztfl.aggregation import (
     adaptive_robust_clip,
     build_pipeline,

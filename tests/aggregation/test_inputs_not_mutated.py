@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+
 from ztfl.aggregation import build_pipeline, centered_clipping
 
 Aggregator = Callable[..., torch.Tensor]  # a rule or step with its parameters bound (conftest)

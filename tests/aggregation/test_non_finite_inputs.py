@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
+
 from ztfl.aggregation import (
     InvalidUpdatesError,
     build_pipeline,

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
+
 from ztfl.aggregation import (
     adaptive_robust_clip,
     bucketing,

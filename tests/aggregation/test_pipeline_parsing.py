@@ -5,6 +5,7 @@ from __future__ import annotations
 import tomllib
 
 import pytest
+
 from ztfl.aggregation import PipelineConfigError, build_pipeline, parse_steps
 
 

@@ -10,6 +10,7 @@ import math
 
 import pytest
 import torch
+
 from ztfl.aggregation import (
     adaptive_robust_clip,
     build_pipeline,

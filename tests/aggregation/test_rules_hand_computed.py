@@ -10,6 +10,7 @@ import math
 from collections.abc import Sequence
 
 import torch
+
 from ztfl.aggregation import (
     adaptive_robust_clip,
     bucketing,

@@ -20,6 +20,7 @@ from flwr.server.strategy.aggregate import (
     aggregate_trimmed_avg,
 )
 from flwr.serverapp.strategy.multikrum import compute_distances, select_multikrum
+
 from ztfl.aggregation import (
     build_pipeline,
     bulyan,

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
+
 from ztfl.aggregation import (
     InvalidUpdatesError,
     adaptive_robust_clip,

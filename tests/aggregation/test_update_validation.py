@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+
 from ztfl.aggregation import ModelSpec, Refusal, RefusalReason, TensorSpec, check_layout, check_row
 
 

@@ -51,11 +51,10 @@ def coordinator_task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(autouse=True)
 def one_torch_thread() -> Iterator[None]:
-    """Train on one thread, as ``handle_train`` does, and give later tests their threads back.
+    """Train on one thread and give later tests their threads back.
 
-    ``handle_train`` pins torch to one thread for the whole process; the tests
-    undo that. One thread also keeps the tiny models fast on a busy machine,
-    where torch's worker threads would wait for cores.
+    One thread keeps the tiny models fast on a busy machine, where torch's
+    worker threads would wait for cores.
     """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -123,7 +123,7 @@ def torch_optimizers_loaded() -> None:
 
 @pytest.fixture(autouse=True)
 def one_torch_thread() -> Iterator[None]:
-    """Train on one thread, as the ClientApp does, and give later tests their threads back."""
+    """Train tiny models on one thread (fast on a busy machine), then restore."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
