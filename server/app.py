@@ -46,6 +46,10 @@ class LoggingObserver:
 def main(grid: Grid, context: Context) -> None:
     """Run the configured federated training."""
     logging.basicConfig(level=logging.INFO)
+    # Under a SuperLink the Grid is an HTTP client (httpx) that logs every request
+    # at INFO; each log upload is itself a request, so the run log would fill
+    # with its own transport chatter.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     config = CoordinatorConfig.from_run_config(context.run_config)
     initial = model_weights(build_model(config.model, seed=config.seed))
     coordinator = Coordinator(config, initial, observers=[LoggingObserver()])
