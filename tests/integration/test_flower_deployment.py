@@ -41,7 +41,9 @@ NUM_NODES = 2
 MARKER_VARIABLE = "ZTFL_TEST_PROCESS_MARKER"
 ROUND_COMMITTED = re.compile(rf"round 1: {NUM_NODES} accepted, 0 refused, committed")
 RUN_STARTED = re.compile(r"Successfully started run (\d+)")
-RUN_CONFIG = "num-server-rounds=1 local-epochs=1 batch-size=32 round-timeout-s=90.0"
+RUN_CONFIG = (
+    "num-server-rounds=1 local-epochs=1 batch-size=32 round-timeout-s=90.0 node-wait-timeout-s=60.0"
+)
 
 SUPERLINK_READY_TIMEOUT_S = 30.0
 NODES_ONLINE_TIMEOUT_S = 60.0
