@@ -36,7 +36,7 @@ class CoordinatorConfig:
     num_rounds: int = 5
     clients_per_round: int = 0
     min_nodes: int = 2
-    pipeline: str = "arc -> nnm -> trimmed_mean"
+    pipeline: str = "nnm -> trimmed_mean"
     num_byzantine: int = 0
     max_update_norm: float = 100.0
     weighting: Weighting = Weighting.UNIFORM
