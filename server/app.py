@@ -51,6 +51,11 @@ def main(grid: Grid, context: Context) -> None:
     # with its own transport chatter.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     config = CoordinatorConfig.from_run_config(context.run_config)
+    if config.num_byzantine == 0:
+        logger.warning(
+            "num-byzantine is 0: pipeline '%s' is configured to tolerate no Byzantine clients",
+            config.pipeline,
+        )
     initial = model_weights(build_model(config.model, seed=config.seed))
     coordinator = Coordinator(config, initial, observers=[LoggingObserver()])
     history = coordinator.run(grid)
