@@ -80,6 +80,14 @@ class RowComposition:
         coefficients = row_weights.to(device=self._map.device, dtype=torch.float64) @ self._map
         return coefficients.to(self._updates.dtype) @ self._updates
 
+    def pending_map(self) -> torch.Tensor | None:
+        """The composed map A for a kernel that reduces A @ X tile by tile; None if identity.
+
+        Lets coordinate-wise rules read X once without ever holding the (n', d)
+        rows (``kernels.py``): at n = 200, d = 10⁷ that is 40 MB instead of 7.6 GB.
+        """
+        return None if self._is_identity else self._map
+
     def materialise(self) -> torch.Tensor:
         """The current rows as an (n', d) matrix; X itself when no step changed it."""
         if self._is_identity:

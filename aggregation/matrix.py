@@ -28,7 +28,7 @@ def check_update_matrix(updates: torch.Tensor, *, validated: bool = False) -> No
         raise InvalidUpdatesError(f"updates must be non-empty, got shape {tuple(updates.shape)}")
     if updates.dtype not in SUPPORTED_DTYPES:
         raise InvalidUpdatesError(f"updates must be float32 or float64, got {updates.dtype}")
-    if not validated and not bool(torch.isfinite(updates).all()):
+    if not validated and not _all_finite(updates):
         raise InvalidUpdatesError("updates contain NaN or Inf; validate updates before aggregating")
 
 
@@ -66,3 +66,15 @@ def require_uniform(weights: torch.Tensor | None, updates: torch.Tensor, rule: s
         raise InvalidUpdatesError(
             f"{rule} does not use client weights; configure uniform weighting for it"
         )
+
+
+def _all_finite(updates: torch.Tensor) -> bool:
+    """Whether every entry is finite, at the cost of one streaming sum in the common case.
+
+    Any NaN or ±Inf makes the sum NaN or infinite; a finite sum proves the
+    matrix finite. Only an infinite sum of finite values (overflow) needs the
+    element-wise scan, which allocates an (n, d) mask.
+    """
+    if bool(torch.isfinite(updates.sum())):
+        return True
+    return bool(torch.isfinite(updates).all())

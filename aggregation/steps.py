@@ -259,7 +259,8 @@ class CoordinateMedian:
         self, rows: RowComposition, weights: torch.Tensor | None, num_byzantine: int
     ) -> AggregationResult:
         _refuse_weights(self.name, weights)
-        return AggregationResult(column_median(rows.materialise()), rows.num_rows)
+        aggregate = column_median(rows.updates, mixing=rows.pending_map())
+        return AggregationResult(aggregate, rows.num_rows)
 
 
 @dataclass(frozen=True)
@@ -294,7 +295,8 @@ class TrimmedMean:
     ) -> AggregationResult:
         _refuse_weights(self.name, weights)
         trim = self.trim(rows.num_rows, num_byzantine)
-        return AggregationResult(column_trimmed_mean(rows.materialise(), trim), rows.num_rows)
+        aggregate = column_trimmed_mean(rows.updates, trim, mixing=rows.pending_map())
+        return AggregationResult(aggregate, rows.num_rows)
 
 
 @dataclass(frozen=True)
@@ -353,7 +355,7 @@ class Bulyan:
         selection_map[torch.arange(len(chosen)), torch.tensor(chosen)] = 1.0
         rows.apply(selection_map)
         keep = len(chosen) - 2 * num_byzantine
-        aggregate = column_mean_around_median(rows.materialise(), keep)
+        aggregate = column_mean_around_median(rows.updates, keep, mixing=rows.pending_map())
         return AggregationResult(aggregate, num_inputs, tuple(chosen))
 
 
