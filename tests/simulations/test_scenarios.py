@@ -73,7 +73,7 @@ def test_the_default_scenario_runs_three_defences_beside_the_clean_reference() -
     assert [run.defence.pipeline for run in runs[1:]] == [
         "mean",
         "median",
-        "arc -> nnm -> trimmed_mean",
+        "nnm -> trimmed_mean",
     ]
     assert all(run.num_attackers == 4 for run in runs[1:])
 
