@@ -173,6 +173,7 @@ def plot_accuracy(path: Path, scenario: Scenario, results: Sequence[RunResult]) 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     # Runs without attackers (the clean reference) are drawn dashed in every panel.
     by_attack: dict[str, dict[str, list[list[float]]]] = defaultdict(lambda: defaultdict(list))
@@ -188,8 +189,9 @@ def plot_accuracy(path: Path, scenario: Scenario, results: Sequence[RunResult]) 
     attacks = list(by_attack)
     columns = min(4, len(attacks))
     rows = (len(attacks) + columns - 1) // columns
+    width = max(4.2 * columns, 7.0)
     figure, axes = plt.subplots(
-        rows, columns, figsize=(4.2 * columns, 3.2 * rows), squeeze=False, sharey=True
+        rows, columns, figsize=(width, 3.2 * rows + 0.8), squeeze=False, sharey=True
     )
     for index, attack in enumerate(attacks):
         axis = axes[index // columns][index % columns]
@@ -199,19 +201,21 @@ def plot_accuracy(path: Path, scenario: Scenario, results: Sequence[RunResult]) 
             axis.plot(*_mean_curve(runs), label=defence, linestyle="--", color="grey")
         axis.set_title(f"attack: {attack}", fontsize=9)
         axis.set_xlabel("round")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.set_ylim(0, 1)
         axis.grid(alpha=0.3)
     for index in range(len(attacks), rows * columns):
         axes[index // columns][index % columns].axis("off")
     axes[0][0].set_ylabel("held-out accuracy")
     handles, labels = axes[0][0].get_legend_handles_labels()
-    figure.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8)
+    legend_columns = min(4 if columns > 1 else 2, len(labels))
+    figure.legend(handles, labels, loc="lower center", ncol=legend_columns, fontsize=8)
     figure.suptitle(
         f"{scenario.name}: {scenario.num_clients} clients, {scenario.num_byzantine} Byzantine, "
         f"alpha={scenario.partition_alpha}",
         fontsize=10,
     )
-    figure.tight_layout(rect=(0, 0.08, 1, 0.95))
+    figure.tight_layout(rect=(0, 0.16 if columns == 1 else 0.08, 1, 0.95))
     figure.savefig(path, dpi=110)
     plt.close(figure)
 
