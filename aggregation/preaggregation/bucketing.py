@@ -44,7 +44,3 @@ def bucket_matrix(
         averaging[bucket, members] = 1.0 / len(members)
     return averaging
 
-
-def buckets_after(num_clients: int, bucket_size: int) -> int:
-    """Rows that bucketing hands to the next step."""
-    return math.ceil(num_clients / bucket_size)
