@@ -43,4 +43,3 @@ def bucket_matrix(
         members = order[bucket * bucket_size : (bucket + 1) * bucket_size]
         averaging[bucket, members] = 1.0 / len(members)
     return averaging
-
