@@ -39,7 +39,7 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	MYPYPATH=$(EDITABLE_TREE) $(BIN)/mypy -p ztfl.aggregation -p ztfl.server -p ztfl.client \
-		-p ztfl.simulations -p ztfl.cli
+		-p ztfl.simulations -p ztfl.cli -p ztfl.trust
 	$(BIN)/mypy tests benchmarks
 
 matrix: setup
