@@ -1,1 +1,1 @@
-"""Identities and evidence shared by coordinator and clients: signed model manifests, the audit log."""
+"""Identities and evidence shared by coordinator and clients: signed models, the audit log."""
