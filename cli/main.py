@@ -6,6 +6,7 @@ import os
 
 import typer
 
+from .audit import audit_app
 from .simulate import simulate
 
 # Offline by default: no Flower telemetry, no Ray usage statistics.
@@ -21,6 +22,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 app.command()(simulate)
+app.add_typer(audit_app)
 
 
 @app.command()
