@@ -7,6 +7,7 @@ import os
 import typer
 
 from .audit import audit_app
+from .model import app as model_app
 from .simulate import simulate
 
 # Offline by default: no Flower telemetry, no Ray usage statistics.
@@ -22,6 +23,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 app.command()(simulate)
+app.add_typer(model_app, name="model")
 app.add_typer(audit_app)
 
 
