@@ -11,8 +11,12 @@ that does it, behind three functions with two interchangeable back ends:
   (Batcher, 1968). The network is pruned to the comparators the statistic
   needs (a median of 50 needs 330 of Batcher's 403). Tiles run on a thread
   pool; the kernels release the GIL.
-* **torch** (CUDA tensors, or no numba — the lean client install): a full
-  ``torch.sort`` along the rows.
+* **triton** (CUDA tensors, Triton installed — CUDA builds of torch ship it):
+  one program per tile of columns loads the tile once, sorts its columns in
+  registers and writes the statistic (``triton_kernels.py``). Median and
+  trimmed mean only; Bulyan's window stays on the torch path.
+* **torch** (anything else: no numba — the lean client install — or no
+  Triton): a full ``torch.sort`` along the rows.
 
 Both refuse NaN and ±Inf with ``InvalidUpdatesError``: validation refuses
 such updates earlier, and an order statistic over NaN has no meaning.
@@ -48,8 +52,13 @@ LOGGER = logging.getLogger(__name__)
 # numba (an import costs ~0.3 s that a client which never aggregates should not pay);
 # set it to False to force the torch path.
 NUMBA_AVAILABLE: bool = importlib.util.find_spec("numba") is not None
+# Whether CUDA tensors go to the Triton kernels; found the same way.
+TRITON_AVAILABLE: bool = importlib.util.find_spec("triton") is not None
+# Rows a Triton tile holds in registers (padded to a power of two); beyond it
+# the register file spills and the torch path is faster.
+TRITON_MAX_ROWS = 256
 
-Backend = Literal["compiled", "torch"]
+Backend = Literal["compiled", "triton", "torch"]
 
 # Below this many elements a single kernel call on the caller's thread beats
 # handing tiles to the pool.
@@ -75,8 +84,11 @@ def column_median(updates: torch.Tensor, mixing: torch.Tensor | None = None) -> 
     no extra memory.
     """
     rows = _mixed_rows(updates, mixing)
-    if kernel_backend(updates) == "compiled":
+    backend = kernel_backend(updates, rows)
+    if backend == "compiled":
         return _run_compiled("median", updates, mixing, _median_network(rows), 0)
+    if backend == "triton":
+        return _run_triton(_mixed(updates, mixing), (rows - 1) // 2, rows // 2 + 1)
     return _torch_column_median(_mixed(updates, mixing))
 
 
@@ -90,8 +102,11 @@ def column_trimmed_mean(
     rows = _mixed_rows(updates, mixing)
     if not 0 <= 2 * trim < rows:
         raise ValueError(f"trim must satisfy 0 ≤ 2·trim < n, got trim={trim}, n={rows}")
-    if kernel_backend(updates) == "compiled":
+    backend = kernel_backend(updates, rows)
+    if backend == "compiled":
         return _run_compiled("trimmed_mean", updates, mixing, _trimmed_network(rows, trim), trim)
+    if backend == "triton":
+        return _run_triton(_mixed(updates, mixing), trim, rows - trim)
     return _torch_column_trimmed_mean(_mixed(updates, mixing), trim)
 
 
@@ -110,7 +125,7 @@ def column_mean_around_median(
     rows = _mixed_rows(updates, mixing)
     if not 1 <= keep <= rows:
         raise ValueError(f"keep must satisfy 1 ≤ keep ≤ n, got keep={keep}, n={rows}")
-    if kernel_backend(updates) == "compiled":
+    if kernel_backend(updates, rows) == "compiled":
         return _run_compiled("mean_around_median", updates, mixing, _full_network(rows), keep)
     return _torch_column_mean_around_median(_mixed(updates, mixing), keep)
 
@@ -123,20 +138,22 @@ def column_median_sorted(ordered: torch.Tensor) -> torch.Tensor:
     return (ordered[n // 2 - 1] + ordered[n // 2]) / 2
 
 
-def kernel_backend(updates: torch.Tensor) -> Backend:
-    """The back end the three functions use for ``updates``.
+def kernel_backend(updates: torch.Tensor, rows: int | None = None) -> Backend:
+    """The back end the median and trimmed mean use for ``updates``.
 
     Compiled for float32/float64 CPU tensors outside autograd when numba is
-    installed; torch otherwise (CUDA, a lean install, or a tensor that needs
-    gradients, which the kernels would silently detach).
+    installed; Triton for such CUDA tensors of at most ``TRITON_MAX_ROWS``
+    rows (``rows``: after mixing, default ``updates``' own) when Triton is;
+    torch otherwise (a lean install, or a tensor that needs gradients, which
+    the kernels would silently detach).
     """
-    if (
-        NUMBA_AVAILABLE
-        and updates.device.type == "cpu"
-        and updates.dtype in (torch.float32, torch.float64)
-        and not updates.requires_grad
-    ):
+    if updates.dtype not in (torch.float32, torch.float64) or updates.requires_grad:
+        return "torch"
+    if NUMBA_AVAILABLE and updates.device.type == "cpu":
         return "compiled"
+    rows = int(updates.shape[0]) if rows is None else rows
+    if TRITON_AVAILABLE and updates.device.type == "cuda" and rows <= TRITON_MAX_ROWS:
+        return "triton"
     return "torch"
 
 
@@ -156,6 +173,19 @@ def _mixed(updates: torch.Tensor, mixing: torch.Tensor | None) -> torch.Tensor:
     if mixing is None:
         return updates
     return mixing.to(dtype=updates.dtype, device=updates.device) @ updates
+
+
+# ---------------------------------------------------------------- triton path
+
+
+def _run_triton(updates: torch.Tensor, first_rank: int, end_rank: int) -> torch.Tensor:
+    """Mean of the column ranks [first_rank, end_rank) on the GPU; refuses NaN/Inf."""
+    from . import triton_kernels  # imported on first CUDA use: Triton's import is slow
+
+    result, nonfinite = triton_kernels.window_mean(updates, first_rank, end_rank)
+    if nonfinite:
+        raise InvalidUpdatesError(NONFINITE_MESSAGE)
+    return result
 
 
 # ---------------------------------------------------------------- torch path

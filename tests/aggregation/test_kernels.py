@@ -76,7 +76,8 @@ def test_tensors_that_need_gradients_use_the_torch_path() -> None:
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_tensors_use_the_torch_path() -> None:
+def test_cuda_tensors_use_the_torch_path_without_triton(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(kernels, "TRITON_AVAILABLE", False)
     assert kernel_backend(gaussian(3).cuda()) == "torch"
 
 
