@@ -18,6 +18,7 @@ from ztfl.trust.audit import (
     parse_anchor_lines,
     verify_audit_log,
 )
+from ztfl.trust.model_store import ModelStore, ModelStoreError
 
 EXIT_OK = 0
 EXIT_TAMPERED = 1
@@ -45,6 +46,16 @@ def read_anchors_file(path: Path) -> list[AuditHead]:
         return parse_anchor_lines(text.splitlines())
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from None
+
+
+def read_store_anchors(store: Path) -> list[AuditHead]:
+    """The audit heads recorded in every signed manifest of a model store."""
+    if not store.is_dir():
+        raise ValueError(f"{store}: not a model store folder")
+    try:
+        return [AuditHead.parse(manifest.audit_head) for manifest in ModelStore(store).entries()]
+    except ModelStoreError as error:
+        raise ValueError(str(error)) from None
 
 
 def _summary(result: AuditVerification, anchors: int) -> Table:
@@ -76,6 +87,14 @@ def verify(
             "signed manifests or an off-host store.",
         ),
     ] = None,
+    store: Annotated[
+        Path | None,
+        typer.Option(
+            "--store",
+            help="Model store folder (a run's state-dir/models): every signed manifest's "
+            "audit head becomes an anchor.",
+        ),
+    ] = None,
 ) -> None:
     """Check the hash chain and the anchors; report the first bad record.
 
@@ -84,6 +103,8 @@ def verify(
     """
     try:
         heads = [] if anchors is None else read_anchors_file(anchors)
+        if store is not None:
+            heads += read_store_anchors(store)
         result = verify_audit_log(log, heads)
     except (AuditLogError, ValueError) as error:
         errors.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)

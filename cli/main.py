@@ -7,6 +7,7 @@ import os
 import typer
 
 from .audit import audit_app
+from .coordinator import coordinator_app
 from .model import app as model_app
 from .simulate import simulate
 
@@ -17,7 +18,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 app = typer.Typer(
     name="ztfl",
     help="ztfl — zero-trust federated learning on Flower: robust aggregation, checked updates, "
-    "and (in later releases) signed models and an audited trail.",
+    "signed models and an audited trail.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,
@@ -25,6 +26,7 @@ app = typer.Typer(
 app.command()(simulate)
 app.add_typer(model_app, name="model")
 app.add_typer(audit_app)
+app.add_typer(coordinator_app)
 
 
 @app.command()

@@ -43,31 +43,67 @@ def simulate(
     out: Annotated[
         Path, typer.Option(help="Folder in which each invocation makes its run folder.")
     ] = Path("runs"),
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            "--resume",
+            help="Continue the interrupted simulation in this run folder from its last "
+            "committed round (takes no other option).",
+            file_okay=False,
+        ),
+    ] = None,
 ) -> None:
     """Train through Flower with robust aggregation while a simulated adversary attacks.
 
     Prints a live progress bar per run and a final table; writes metrics.json,
-    rounds.csv, summary.md and accuracy.png into a fresh run folder.
+    rounds.csv, summary.md and accuracy.png into a fresh run folder, whose
+    state/ subfolder holds the signed models, the audit log and the
+    coordinator state of every run.
     """
-    from ztfl.simulations.outputs import new_run_dir, summarise, write_outputs
+    from ztfl.server.ledger import LedgerError
+    from ztfl.server.run_state import StateFileError
+    from ztfl.simulations.outputs import (
+        SavedPlanError,
+        new_run_dir,
+        read_saved_plan,
+        save_plan,
+        summarise,
+        write_outputs,
+    )
     from ztfl.simulations.progress import ProgressObserver, simulation_progress
     from ztfl.simulations.runner import run_plan
     from ztfl.simulations.scenario import ScenarioError, load_scenario
+    from ztfl.trust.audit import AuditLogError
+    from ztfl.trust.keys import SigningKeyError
+    from ztfl.trust.model_store import ModelStoreError
 
+    overridden = scenario_file or matrix or rounds or attack or seeds
+    if resume is not None and overridden:
+        console.print("[red]error:[/red] --resume takes no scenario and no overrides")
+        raise typer.Exit(code=2)
     try:
-        scenario = load_scenario(scenario_file)
-        seed_list = None if seeds is None else tuple(int(s) for s in seeds.split(",") if s.strip())
-        scenario = scenario.with_overrides(rounds=rounds, attack=attack, seeds=seed_list)
-        if matrix and seed_list is not None:
-            scenario = scenario.with_overrides(matrix_seeds=seed_list)
+        if resume is not None:
+            scenario, matrix = read_saved_plan(resume)
+        else:
+            scenario = load_scenario(scenario_file)
+            seed_list = (
+                None if seeds is None else tuple(int(s) for s in seeds.split(",") if s.strip())
+            )
+            scenario = scenario.with_overrides(rounds=rounds, attack=attack, seeds=seed_list)
+            if matrix and seed_list is not None:
+                scenario = scenario.with_overrides(matrix_seeds=seed_list)
         plan = scenario.matrix_runs() if matrix else scenario.runs()
-    except (ScenarioError, ValueError) as error:
+    except (ScenarioError, SavedPlanError, ValueError) as error:
         console.print(f"[red]error:[/red] {error}")
         raise typer.Exit(code=2) from error
     if not plan:
         console.print("[red]error:[/red] the scenario defines no runs (no defences or attacks)")
         raise typer.Exit(code=2)
-    run_dir = new_run_dir(out, scenario, "matrix" if matrix else "simulate")
+    if resume is None:
+        run_dir = new_run_dir(out, scenario, "matrix" if matrix else "simulate")
+        save_plan(run_dir, scenario, matrix=matrix)
+    else:
+        run_dir = resume
     console.print(
         f"[bold]{scenario.name}[/bold]: {scenario.num_clients} clients "
         f"({scenario.num_byzantine} Byzantine), alpha={scenario.partition_alpha}, "
@@ -81,13 +117,26 @@ def simulate(
         overall = (
             progress.add_task("all runs", total=len(plan), accuracy="", note="") if matrix else None
         )
-        results = run_plan(
-            scenario,
-            plan,
-            observers_for=lambda spec: [
-                ProgressObserver(progress, spec, scenario.rounds, overall=overall)
-            ],
-        )
+        try:
+            results = run_plan(
+                scenario,
+                plan,
+                state_root=run_dir / "state",
+                resume=resume is not None,
+                observers_for=lambda spec: [
+                    ProgressObserver(progress, spec, scenario.rounds, overall=overall)
+                ],
+            )
+        except (
+            StateFileError,
+            AuditLogError,
+            ModelStoreError,
+            LedgerError,
+            SigningKeyError,
+        ) as error:
+            progress.stop()
+            console.print(f"[red]error:[/red] cannot resume: {error}", soft_wrap=True)
+            raise typer.Exit(code=2) from error
     write_outputs(run_dir, scenario, results)
     _print_summary(summarise(results))
     console.print(f"finished in {time.perf_counter() - started:.0f} s; outputs in {run_dir}")

@@ -6,6 +6,12 @@ dataset hook, or, in a Flower simulation, from the bundled default data
 partitioned by ``partition-id``. Every refusal is a Flower ``Error`` reply with a
 ``ClientErrorCode``, so the coordinator records why — nothing is trained on
 input the client could not check.
+
+Before any weights are loaded, :func:`verify_broadcast` checks the global
+model against the node's own trust anchor (``trust-anchor`` in its node
+config): the coordinator's signature, the ztfl run, validity, revocation, the
+lineage from the last model this node accepted (kept in ``Context.state``)
+and the tensor bytes. A node without an anchor refuses every round.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import logging
 from collections.abc import Callable
 from functools import lru_cache
 
+import numpy as np
 import torch
 from flwr.app import (
     Array,
@@ -27,14 +34,25 @@ from flwr.app import (
 )
 from flwr.clientapp import ClientApp
 
+from ztfl.trust.refusal import ModelRefusal, ModelRefusalReason
+from ztfl.trust.revocation import RevocationList
+from ztfl.trust.signing import SignedManifest
+from ztfl.trust.verification import LineageState, TrustAnchor, verify_model
+
 from . import protocol
 from .data import ClientData, DatasetConfigError, load_node_data
 from .models import UnknownModelError, build_model
 from .trainer import TrainingConfig, evaluate, load_weights, train_update
+from .trust_anchor import TrustAnchorError, node_trust_anchor
 
 logger = logging.getLogger(__name__)
 
 ContextDataLoader = Callable[[Context], ClientData]
+AnchorLoader = Callable[[Context], TrustAnchor]
+"""Where a node's trust anchor comes from: by default its node config (``trust-anchor``)."""
+
+LINEAGE_STATE_KEY = "ztfl.lineage"
+"""``Context.state`` ConfigRecord: per ztfl run id, the LineageState JSON of this node."""
 
 
 class ClientRefusal(Exception):  # noqa: N818 — a refusal carried to the reply, not a fault
@@ -46,33 +64,142 @@ class ClientRefusal(Exception):  # noqa: N818 — a refusal carried to the reply
         self.reason = reason
 
 
-def build_client_app(load_data: ContextDataLoader) -> ClientApp:
-    """A ClientApp that trains and evaluates on the data ``load_data`` returns."""
+def node_config_anchor(context: Context) -> TrustAnchor:
+    """The trust anchor the node's configuration names (``trust-anchor``)."""
+    return node_trust_anchor(context.node_config)
+
+
+def build_client_app(
+    load_data: ContextDataLoader, *, load_anchor: AnchorLoader = node_config_anchor
+) -> ClientApp:
+    """A ClientApp that verifies each broadcast model, then trains or evaluates on ``load_data``."""
     client_app = ClientApp()
 
     @client_app.train()
     def train(message: Message, context: Context) -> Message:
-        try:
-            return handle_train(message, load_data(context))
-        except ClientRefusal as refusal:
-            return refusal_reply(message, refusal)
-        except DatasetConfigError as error:
-            return refusal_reply(
-                message, ClientRefusal(protocol.ClientErrorCode.NO_DATA, str(error))
-            )
+        return run_verified(
+            message, context, load_anchor, lambda: handle_train(message, load_data(context))
+        )
 
     @client_app.evaluate()
     def evaluate_model(message: Message, context: Context) -> Message:
-        try:
-            return handle_evaluate(message, load_data(context))
-        except ClientRefusal as refusal:
-            return refusal_reply(message, refusal)
-        except DatasetConfigError as error:
-            return refusal_reply(
-                message, ClientRefusal(protocol.ClientErrorCode.NO_DATA, str(error))
-            )
+        return run_verified(
+            message, context, load_anchor, lambda: handle_evaluate(message, load_data(context))
+        )
 
     return client_app
+
+
+def run_verified(
+    message: Message,
+    context: Context,
+    load_anchor: AnchorLoader,
+    handle: Callable[[], Message],
+) -> Message:
+    """Verify the broadcast model, then run ``handle``; every refusal becomes an error reply.
+
+    The new lineage state is stored in ``context.state`` only after the
+    handler succeeded, and the reply tells the coordinator which model this
+    node accepted (so it can send the next chain from there).
+    """
+    try:
+        try:
+            anchor = load_anchor(context)
+        except TrustAnchorError as error:
+            raise ClientRefusal(protocol.ClientErrorCode.NO_TRUST_ANCHOR, str(error)) from error
+        lineage = verify_broadcast(message, anchor, read_lineage(context, anchor.run_id))
+        reply = handle()
+    except ClientRefusal as refusal:
+        return refusal_reply(message, refusal)
+    except DatasetConfigError as error:
+        return refusal_reply(message, ClientRefusal(protocol.ClientErrorCode.NO_DATA, str(error)))
+    write_lineage(context, anchor.run_id, lineage)
+    if reply.has_content() and lineage.last is not None:
+        reply.content[protocol.LINEAGE_KEY] = ConfigRecord(
+            {protocol.ACCEPTED_DIGEST: lineage.last.digest}
+        )
+    return reply
+
+
+def read_lineage(context: Context, run_id: str) -> LineageState:
+    """This node's lineage state for ``run_id`` (empty on first contact)."""
+    record = context.state.config_records.get(LINEAGE_STATE_KEY)
+    data = None if record is None else record.get(run_id)
+    if not isinstance(data, bytes):
+        return LineageState.empty()
+    try:
+        return LineageState.from_json(data)
+    except ModelRefusal as refusal:
+        raise _model_refusal(refusal) from refusal
+
+
+def write_lineage(context: Context, run_id: str, lineage: LineageState) -> None:
+    """Keep ``lineage`` for ``run_id`` in the node's ``Context.state`` (Flower keeps it per run)."""
+    record = context.state.config_records.get(LINEAGE_STATE_KEY)
+    if record is None:
+        record = ConfigRecord()
+        context.state[LINEAGE_STATE_KEY] = record
+    record[run_id] = lineage.to_json()
+
+
+def verify_broadcast(message: Message, anchor: TrustAnchor, lineage: LineageState) -> LineageState:
+    """Check the message's model against ``anchor`` and ``lineage``; return the new lineage.
+
+    Raises ClientRefusal with the ``MODEL_*`` code of the ModelRefusalReason
+    (no signed manifest at all counts as MALFORMED_MANIFEST). Nothing of the
+    message is trusted before this returns.
+    """
+    if not message.has_content():
+        raise ClientRefusal(protocol.ClientErrorCode.INVALID_MESSAGE, "message has no content")
+    content = message.content
+    if protocol.GLOBAL_MODEL_KEY not in content.array_records:
+        raise ClientRefusal(protocol.ClientErrorCode.INVALID_MESSAGE, "no global model in message")
+    record = content.config_records.get(protocol.MANIFEST_KEY)
+    try:
+        if record is None or not isinstance(record.get(protocol.SIGNED_MANIFEST), bytes):
+            raise ModelRefusal(
+                ModelRefusalReason.MALFORMED_MANIFEST,
+                "the global model comes without a signed manifest",
+            )
+        signed = SignedManifest.from_bytes(record[protocol.SIGNED_MANIFEST])  # type: ignore[arg-type]
+        chain_bytes = record.get(protocol.CHAIN, [])
+        if not isinstance(chain_bytes, list) or not all(isinstance(b, bytes) for b in chain_bytes):
+            raise ModelRefusal(
+                ModelRefusalReason.MALFORMED_MANIFEST, "chain is not a list of bytes"
+            )
+        chain = [SignedManifest.from_bytes(item) for item in chain_bytes]  # type: ignore[arg-type]
+        revocation_bytes = record.get(protocol.REVOCATIONS)
+        revocations = None
+        if revocation_bytes is not None:
+            if not isinstance(revocation_bytes, bytes):
+                raise ModelRefusal(
+                    ModelRefusalReason.BAD_REVOCATION_LIST, "revocation list is not bytes"
+                )
+            revocations = RevocationList.from_bytes(revocation_bytes)
+        arrays = _received_arrays(content.array_records[protocol.GLOBAL_MODEL_KEY])
+        return verify_model(
+            arrays,
+            signed,
+            anchor=anchor,
+            lineage=lineage,
+            chain=chain,
+            revocations=revocations,
+        )
+    except ModelRefusal as refusal:
+        raise _model_refusal(refusal) from refusal
+
+
+def _received_arrays(record: ArrayRecord) -> list[tuple[str, np.ndarray]]:
+    try:
+        return [(name, array.numpy()) for name, array in record.items()]
+    except Exception as error:
+        raise ModelRefusal(
+            ModelRefusalReason.TENSOR_MISMATCH, f"global model cannot be decoded: {error!r}"
+        ) from error
+
+
+def _model_refusal(refusal: ModelRefusal) -> ClientRefusal:
+    return ClientRefusal(protocol.refusal_code(refusal.reason), str(refusal))
 
 
 def handle_train(message: Message, data: ClientData) -> Message:

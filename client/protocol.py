@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from enum import IntEnum
 
+from ztfl.trust.refusal import ModelRefusalReason
+
 GLOBAL_MODEL_KEY = "arrays"
 """ArrayRecord with the global model, coordinator → client."""
 CONFIG_KEY = "config"
@@ -16,6 +18,18 @@ UPDATE_KEY = "update"
 """ArrayRecord with the client's update (trained − global), client → coordinator."""
 METRICS_KEY = "metrics"
 """MetricRecord with what the client measured, client → coordinator."""
+
+MANIFEST_KEY = "ztfl.manifest"
+"""ConfigRecord with the global model's provenance, coordinator → client: ``SIGNED_MANIFEST``
+(bytes), optionally ``CHAIN`` (the signed manifests between the node's last accepted model and
+this one, oldest first) and ``REVOCATIONS`` (the coordinator's newest signed revocation list)."""
+SIGNED_MANIFEST = "signed-manifest"
+CHAIN = "chain"
+REVOCATIONS = "revocation-list"
+LINEAGE_KEY = "ztfl.lineage"
+"""ConfigRecord in a successful reply, client → coordinator: ``ACCEPTED_DIGEST``, the digest of
+the model the client verified (the coordinator sends the next chain from there)."""
+ACCEPTED_DIGEST = "accepted-digest"
 
 ROUND = "server-round"
 MODEL = "model"
@@ -44,3 +58,38 @@ class ClientErrorCode(IntEnum):
     """The named model is not registered on this client."""
     NO_DATA = 4005
     """The client has no usable local data."""
+    NO_TRUST_ANCHOR = 4006
+    """The node has no usable trust anchor (``trust-anchor`` in its node config)."""
+
+    # The client refused the broadcast model: one code per ModelRefusalReason.
+    MODEL_BAD_SIGNATURE = 4101
+    MODEL_UNKNOWN_KEY = 4102
+    MODEL_MALFORMED_MANIFEST = 4103
+    MODEL_WRONG_RUN = 4104
+    MODEL_BROKEN_LINEAGE = 4105
+    MODEL_STALE_ROUND = 4106
+    MODEL_ROUND_DIGEST_MISMATCH = 4107
+    MODEL_TENSOR_MISMATCH = 4108
+    MODEL_EXPIRED = 4109
+    MODEL_NOT_YET_VALID = 4110
+    MODEL_REVOKED = 4111
+    MODEL_STALE_REVOCATION_LIST = 4112
+    MODEL_BAD_REVOCATION_LIST = 4113
+    MODEL_BAD_ROTATION = 4114
+    MODEL_MALFORMED_LINEAGE_STATE = 4115
+
+
+def refusal_code(reason: ModelRefusalReason) -> ClientErrorCode:
+    """The error code a client replies with when it refuses a model for ``reason``."""
+    return ClientErrorCode[f"MODEL_{reason.name}"]
+
+
+def refusal_reason(code: int) -> ModelRefusalReason | None:
+    """The model-refusal reason an error code stands for; None for other codes."""
+    try:
+        name = ClientErrorCode(code).name
+    except ValueError:
+        return None
+    if not name.startswith("MODEL_"):
+        return None
+    return ModelRefusalReason[name.removeprefix("MODEL_")]

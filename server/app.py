@@ -2,21 +2,26 @@
 
 ``flwr run .`` starts it with the run config of pyproject.toml (overridable
 with ``--run-config``); it builds the configured model, then runs the robust
-round loop against whatever SuperNodes the SuperLink has.
+round loop against whatever SuperNodes the SuperLink has. It needs a state
+folder and a model-signing key (``state-dir``, ``signing-key``): every model it
+broadcasts is signed, every round is audited, and ``resume=true`` continues
+the run in ``state-dir`` from its last committed round.
 """
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from ztfl.client.models import build_model
 from ztfl.client.trainer import model_weights
+from ztfl.trust.keys import read_signing_key
 
-from .config import CoordinatorConfig
-from .coordinator import Coordinator
+from .config import ConfigError, CoordinatorConfig
+from .coordinator import Coordinator, open_ledger
 from .history import RoundRecord
 
 logger = logging.getLogger(__name__)
@@ -56,9 +61,22 @@ def main(grid: Grid, context: Context) -> None:
             "num-byzantine is 0: pipeline '%s' is configured to tolerate no Byzantine clients",
             config.pipeline,
         )
+    if not config.state_dir or not config.signing_key:
+        raise ConfigError(
+            "state-dir and signing-key are required: every model is signed and every round "
+            "audited (docs/configuration.md); create a key with `ztfl model keygen` and the "
+            "clients' trust anchor with `ztfl coordinator init`"
+        )
+    key = read_signing_key(Path(config.signing_key))
     initial = model_weights(build_model(config.model, seed=config.seed))
-    coordinator = Coordinator(config, initial, observers=[LoggingObserver()])
-    history = coordinator.run(grid)
+    ledger = open_ledger(
+        config, initial, state_dir=Path(config.state_dir), key=key, resume=config.resume
+    )
+    try:
+        coordinator = Coordinator(config, initial, ledger=ledger, observers=[LoggingObserver()])
+        history = coordinator.run(grid)
+    finally:
+        ledger.close()
     last = history.rounds[-1] if history.rounds else None
     if last is not None:
         logger.info(

@@ -49,6 +49,16 @@ class CoordinatorConfig:
     round_timeout_s: float = 600.0
     node_wait_timeout_s: float = 120.0
     federated_evaluation: bool = True
+    state_dir: str = ""
+    """Folder of the run's state, audit log and signed models (required by the ServerApp)."""
+    signing_key: str = ""
+    """PEM file of the model-signing key (``ztfl model keygen``; never a TLS key)."""
+    resume: bool = False
+    """Continue the run in ``state_dir`` instead of starting one."""
+    model_validity_hours: float = 24.0
+    """How long a signed global model stays valid for clients."""
+    revocation_list: str = ""
+    """Optional signed revocation list (``ztfl model revoke``) sent with every broadcast."""
 
     def __post_init__(self) -> None:
         checks = {
@@ -63,6 +73,7 @@ class CoordinatorConfig:
             "batch-size": self.batch_size >= 1,
             "round-timeout-s": self.round_timeout_s > 0,
             "node-wait-timeout-s": self.node_wait_timeout_s > 0,
+            "model-validity-hours": 0 < self.model_validity_hours <= 24 * 366,
         }
         for key, ok in checks.items():
             if not ok:
@@ -92,6 +103,21 @@ class CoordinatorConfig:
             return build_pipeline(self.pipeline, num_byzantine=self.num_byzantine)
         except ValueError as error:
             raise ConfigError(f"pipeline: {error}") from error
+
+    def to_run_config(self) -> dict[str, bool | int | float | str | None]:
+        """The configuration as Flower-style kebab-case keys (what the state file records)."""
+        return {
+            _key(item.name): getattr(self, item.name)
+            if not isinstance(getattr(self, item.name), StrEnum)
+            else str(getattr(self, item.name))
+            for item in fields(self)
+        }
+
+    def audit_summary(self) -> dict[str, bool | int | float | str | None]:
+        """What RUN_STARTED records: every setting but file paths of secrets."""
+        summary = self.to_run_config()
+        summary.pop("signing-key")
+        return summary
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> CoordinatorConfig:

@@ -1,8 +1,10 @@
 """The coordinator's round loop on Flower's Message API (plaintext mode).
 
-Per round: select nodes, broadcast the global model with the round
+Per round: select nodes, broadcast the signed global model with the round
 configuration, collect and validate the updates, aggregate them with the
-configured robust pipeline, apply the aggregate, evaluate. Modelled on
+configured robust pipeline, sign and commit the new model, evaluate, and
+persist the state (the round's commit point). Every step leaves evidence in
+the run's audit log through the :class:`~ztfl.server.ledger.RunLedger`. Modelled on
 Flower's ``Strategy.start`` loop, but every step that a zero-trust
 coordinator must control is ours: sampling, validation with refusal reasons,
 uniform (not client-claimed) weights, and a skipped round instead of a
@@ -15,6 +17,8 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,10 +27,20 @@ from flwr.serverapp import Grid
 
 from ztfl.aggregation import ModelSpec, Pipeline, ToleranceError
 from ztfl.client import protocol
+from ztfl.trust.keys import SigningKey
 
 from .arrays import vector_to_record, vector_to_weights, weights_to_vector
 from .config import CoordinatorConfig
-from .history import RoundObserver, RoundRecord, RunHistory
+from .crash import CrashPoint, crash_point
+from .history import (
+    RoundObserver,
+    RoundRecord,
+    RunHistory,
+    SkipReason,
+    VerificationFailure,
+)
+from .ledger import RunLedger
+from .run_state import CoordinatorState
 from .sampling import NodeSampler
 from .unpacking import collect_updates
 
@@ -40,21 +54,60 @@ class NotEnoughNodesError(RuntimeError):
     """Fewer nodes connected than the configuration requires, within the wait timeout."""
 
 
+def open_ledger(
+    config: CoordinatorConfig,
+    initial_weights: dict[str, np.ndarray],
+    *,
+    state_dir: Path,
+    key: SigningKey,
+    resume: bool,
+) -> RunLedger:
+    """Start the run in ``state_dir`` (committing the initial model as round 0), or resume it."""
+    validity = timedelta(hours=config.model_validity_hours)
+    pipeline = config.build_pipeline().description
+    revocation_list = Path(config.revocation_list) if config.revocation_list else None
+    if resume:
+        return RunLedger.resume(
+            state_dir,
+            key,
+            config=config.to_run_config(),
+            model_validity=validity,
+            pipeline=pipeline,
+            revocation_list=revocation_list,
+        )
+    return RunLedger.start(
+        state_dir,
+        key,
+        config=config.audit_summary(),
+        initial=list(initial_weights.items()),
+        model_validity=validity,
+        pipeline=pipeline,
+        revocation_list=revocation_list,
+    )
+
+
 class Coordinator:
-    """Runs federated rounds over a Flower ``Grid`` with robust aggregation."""
+    """Runs federated rounds over a Flower ``Grid`` with robust aggregation and signed models.
+
+    ``ledger`` holds the run's model store, audit log and state; a ledger that
+    was resumed brings back the global model, the random generators, the nodes'
+    accepted models and the history, and :meth:`run` continues after its last
+    committed round.
+    """
 
     def __init__(
         self,
         config: CoordinatorConfig,
         initial_weights: dict[str, np.ndarray],
         *,
+        ledger: RunLedger,
         central_evaluation: CentralEvaluation | None = None,
         observers: Sequence[RoundObserver] = (),
     ) -> None:
         self.config = config
+        self.ledger = ledger
         self.pipeline: Pipeline = config.build_pipeline()
         self.spec = ModelSpec.from_arrays(initial_weights)
-        self.global_vector = weights_to_vector(initial_weights, self.spec)
         self._central_evaluation = central_evaluation
         self._observers = list(observers)
         self._sampler = NodeSampler(config.seed)
@@ -62,6 +115,20 @@ class Coordinator:
         # itself seeded from the OS's secure source unless a seed is configured.
         self._aggregation_generator = torch.Generator().manual_seed(self._sampler.draw_seed())
         self.history = RunHistory()
+        self._node_digests: dict[int, str] = {}
+        self.completed_rounds = 0
+        state = ledger.state
+        if state is None:
+            self.global_vector = weights_to_vector(initial_weights, self.spec)
+        else:
+            self.global_vector = weights_to_vector(dict(ledger.load_current()), self.spec)
+            self._sampler.restore(state.sampler)
+            self._aggregation_generator.set_state(
+                torch.frombuffer(bytearray.fromhex(state.aggregation_generator), dtype=torch.uint8)
+            )
+            self._node_digests = {int(node): digest for node, digest in state.node_digests.items()}
+            self.history = RunHistory.from_json(dict(state.history))
+            self.completed_rounds = state.round
 
     @property
     def global_weights(self) -> dict[str, np.ndarray]:
@@ -69,25 +136,57 @@ class Coordinator:
         return vector_to_weights(self.global_vector, self.spec)
 
     def run(self, grid: Grid) -> RunHistory:
-        """Wait for enough nodes, then run every configured round."""
+        """Wait for enough nodes, then run every configured round not yet committed."""
         self._wait_for_nodes(grid)
-        self.history.initial_metrics = self._evaluate_centrally()
+        if self.ledger.state is None:
+            self.history.initial_metrics = self._evaluate_centrally()
+            self._commit_state()
         for observer in self._observers:
             observer.on_run_start(self.config.num_rounds, self.history.initial_metrics)
-        for server_round in range(1, self.config.num_rounds + 1):
+            for record in self.history.rounds:
+                observer.on_round_end(record)
+        for server_round in range(self.completed_rounds + 1, self.config.num_rounds + 1):
             record = self.run_round(grid, server_round)
-            self.history.rounds.append(record)
             for observer in self._observers:
                 observer.on_round_end(record)
         return self.history
 
     def run_round(self, grid: Grid, server_round: int) -> RoundRecord:
-        """One round: select, broadcast, collect, validate, aggregate, apply, evaluate."""
-        started = time.perf_counter()
-        sampled = self._sampler.sample(list(grid.get_node_ids()), self.config.clients_per_round)
-        replies = grid.send_and_receive(
-            self._train_messages(sampled, server_round), timeout=self.config.round_timeout_s
+        """One round: select, broadcast, collect, validate, aggregate, commit, evaluate, persist."""
+        record = self._round(grid, server_round)
+        self.history.rounds.append(record)
+        self.completed_rounds = server_round
+        self._commit_state()
+        crash_point(CrashPoint.AFTER_STATE_COMMIT, server_round)
+        return record
+
+    def _commit_state(self) -> None:
+        generator_state = self._aggregation_generator.get_state().numpy().tobytes().hex()
+        self.ledger.commit_state(
+            CoordinatorState(
+                run_id=self.ledger.run_id,
+                round=self.completed_rounds,
+                model_digest=self.ledger.model_digest,
+                audit_head="0:" + "0" * 64,
+                config=self.config.to_run_config(),
+                sampler=self._sampler.state(),
+                aggregation_generator=generator_state,
+                node_digests={str(node): digest for node, digest in self._node_digests.items()},
+                history=self.history.to_json(),
+            )
         )
+
+    def _round(self, grid: Grid, server_round: int) -> RoundRecord:
+        started = time.perf_counter()
+        ledger = self.ledger
+        sampled = self._sampler.sample(list(grid.get_node_ids()), self.config.clients_per_round)
+        ledger.round_started(server_round, sampled)
+        replies = list(
+            grid.send_and_receive(
+                self._train_messages(sampled, server_round), timeout=self.config.round_timeout_s
+            )
+        )
+        failures = self._read_client_verdicts(replies, sampled, server_round, "train")
         collected = collect_updates(
             replies,
             expected_nodes=sampled,
@@ -104,6 +203,7 @@ class Coordinator:
                 refusal.reason.value,
                 refusal.detail,
             )
+        ledger.updates_refused(server_round, collected.refused)
         skipped = RoundRecord(
             server_round=server_round,
             sampled_nodes=sampled,
@@ -113,7 +213,10 @@ class Coordinator:
             pipeline=self.pipeline.description,
             committed=False,
             train_metrics=collected.train_metrics,
+            verification_failures=failures,
+            model_digest=ledger.model_digest,
         )
+        crash_point(CrashPoint.BEFORE_AGGREGATION, server_round)
         aggregation_started = time.perf_counter()
         try:
             result = self.pipeline(
@@ -124,9 +227,11 @@ class Coordinator:
             )
         except ToleranceError as error:
             logger.warning("round %d skipped: %s", server_round, error)
+            detail = f"too few valid updates ({len(collected.node_ids)}): {error}"
+            ledger.round_skipped(server_round, SkipReason.TOO_FEW_UPDATES, detail)
             return replace(
                 skipped,
-                skip_reason=f"too few valid updates ({len(collected.node_ids)}): {error}",
+                skip_reason=detail,
                 round_s=time.perf_counter() - started,
                 central_metrics=self._evaluate_centrally(),
             )
@@ -135,23 +240,32 @@ class Coordinator:
         if not bool(torch.isfinite(candidate).all()):
             # Finite updates can still sum past the float range; never commit that.
             logger.warning("round %d skipped: the new global model is not finite", server_round)
+            detail = "aggregate would make the global model non-finite"
+            ledger.round_skipped(server_round, SkipReason.NON_FINITE_MODEL, detail)
             return replace(
                 skipped,
-                skip_reason="aggregate would make the global model non-finite",
+                skip_reason=detail,
                 round_s=time.perf_counter() - started,
                 central_metrics=self._evaluate_centrally(),
             )
         self.global_vector = candidate
+        ledger.commit_model(
+            server_round,
+            list(self.global_weights.items()),
+            participants=collected.node_ids,
+            refused=[(item.node_id, item.reason.value) for item in collected.refused],
+        )
+        crash_point(CrashPoint.AFTER_MODEL_WRITE, server_round)
         selected = (
             tuple(collected.node_ids[row] for row in result.selected_rows)
             if result.selected_rows is not None and self.pipeline.preserves_rows
             else None
         )
-        federated = (
-            self._evaluate_federated(grid, sampled, server_round)
-            if self.config.federated_evaluation
-            else {}
-        )
+        federated: dict[str, float] = {}
+        if self.config.federated_evaluation:
+            federated, evaluation_failures = self._evaluate_federated(grid, sampled, server_round)
+            failures = failures + evaluation_failures
+        ledger.round_completed(server_round)
         return replace(
             skipped,
             committed=True,
@@ -162,10 +276,55 @@ class Coordinator:
             round_s=time.perf_counter() - started,
             central_metrics=self._evaluate_centrally(),
             federated_metrics=federated,
+            verification_failures=failures,
+            model_digest=ledger.model_digest,
         )
+
+    def _read_client_verdicts(
+        self, replies: Sequence[Message], sampled: Sequence[int], server_round: int, phase: str
+    ) -> tuple[VerificationFailure, ...]:
+        """Record which model each node accepted, and audit each node that refused it."""
+        expected = set(sampled)
+        failures = []
+        for reply in replies:
+            node_id = int(reply.metadata.src_node_id)
+            if node_id not in expected:
+                continue
+            if reply.has_error():
+                reason = protocol.refusal_reason(reply.error.code)
+                if reason is None:
+                    continue
+                detail = str(reply.error.reason)
+                logger.warning(
+                    "round %d: node %d refused the %s model: %s",
+                    server_round,
+                    node_id,
+                    phase,
+                    detail,
+                )
+                self.ledger.client_verification_failed(server_round, node_id, reason, detail)
+                failures.append(VerificationFailure(node_id, reason, detail, phase))
+                continue
+            lineage = reply.content.config_records.get(protocol.LINEAGE_KEY)
+            digest = None if lineage is None else lineage.get(protocol.ACCEPTED_DIGEST)
+            if isinstance(digest, str) and digest == self.ledger.model_digest:
+                self._node_digests[node_id] = digest
+        return tuple(failures)
+
+    def _manifest_record(self, node_id: int, revocations: bytes | None) -> ConfigRecord:
+        """The signed manifest, and the chain from the node's last accepted model."""
+        signed = self.ledger.signed_manifest(self.ledger.model_digest)
+        record = ConfigRecord({protocol.SIGNED_MANIFEST: signed.to_bytes()})
+        chain = self.ledger.chain_for(self._node_digests.get(node_id))
+        if chain:
+            record[protocol.CHAIN] = [link.to_bytes() for link in chain]
+        if revocations is not None:
+            record[protocol.REVOCATIONS] = revocations
+        return record
 
     def _train_messages(self, nodes: Iterable[int], server_round: int) -> list[Message]:
         model = vector_to_record(self.global_vector, self.spec)
+        revocations = self.ledger.revocations()
         messages = []
         for node_id in nodes:
             config = ConfigRecord(
@@ -178,7 +337,13 @@ class Coordinator:
                     protocol.SEED: self._sampler.draw_seed(),
                 }
             )
-            content = RecordDict({protocol.GLOBAL_MODEL_KEY: model, protocol.CONFIG_KEY: config})
+            content = RecordDict(
+                {
+                    protocol.GLOBAL_MODEL_KEY: model,
+                    protocol.CONFIG_KEY: config,
+                    protocol.MANIFEST_KEY: self._manifest_record(node_id, revocations),
+                }
+            )
             messages.append(
                 Message(
                     content,
@@ -191,17 +356,24 @@ class Coordinator:
 
     def _evaluate_federated(
         self, grid: Grid, nodes: Sequence[int], server_round: int
-    ) -> dict[str, float]:
-        """Ask the sampled nodes to score the new model on their own test data.
+    ) -> tuple[dict[str, float], tuple[VerificationFailure, ...]]:
+        """Ask the sampled nodes to score the new (signed) model on their own test data.
 
         Reported figures are not trusted for anything but display; they are
         averaged uniformly over well-formed replies.
         """
         model: ArrayRecord = vector_to_record(self.global_vector, self.spec)
         config = ConfigRecord({protocol.ROUND: server_round, protocol.MODEL: self.config.model})
+        revocations = self.ledger.revocations()
         messages = [
             Message(
-                RecordDict({protocol.GLOBAL_MODEL_KEY: model, protocol.CONFIG_KEY: config}),
+                RecordDict(
+                    {
+                        protocol.GLOBAL_MODEL_KEY: model,
+                        protocol.CONFIG_KEY: config,
+                        protocol.MANIFEST_KEY: self._manifest_record(node_id, revocations),
+                    }
+                ),
                 dst_node_id=node_id,
                 message_type=MessageType.EVALUATE,
                 group_id=str(server_round),
@@ -209,7 +381,9 @@ class Coordinator:
             for node_id in nodes
         ]
         losses, accuracies = [], []
-        for reply in grid.send_and_receive(messages, timeout=self.config.round_timeout_s):
+        replies = list(grid.send_and_receive(messages, timeout=self.config.round_timeout_s))
+        failures = self._read_client_verdicts(replies, nodes, server_round, "evaluate")
+        for reply in replies:
             if reply.has_error() or protocol.METRICS_KEY not in reply.content.metric_records:
                 continue
             metrics = reply.content.metric_records[protocol.METRICS_KEY]
@@ -218,8 +392,11 @@ class Coordinator:
                 losses.append(loss)
                 accuracies.append(accuracy)
         if not accuracies:
-            return {}
-        return {"loss": float(np.mean(losses)), "accuracy": float(np.mean(accuracies))}
+            return {}, failures
+        return {
+            "loss": float(np.mean(losses)),
+            "accuracy": float(np.mean(accuracies)),
+        }, failures
 
     def _evaluate_centrally(self) -> dict[str, float]:
         if self._central_evaluation is None:

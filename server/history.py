@@ -3,9 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from typing import Any, Protocol
 
 from ztfl.aggregation import RefusalReason
+from ztfl.trust.refusal import ModelRefusalReason
+
+
+class SkipReason(StrEnum):
+    """Why a round ended without a new model (the audit log's ROUND_SKIPPED reason)."""
+
+    TOO_FEW_UPDATES = "too_few_updates"
+    """Fewer valid updates than the pipeline needs for its Byzantine bound."""
+    NON_FINITE_MODEL = "non_finite_model"
+    """The aggregate would have made the global model non-finite."""
 
 
 @dataclass(frozen=True)
@@ -15,6 +26,17 @@ class RefusedUpdate:
     node_id: int
     reason: RefusalReason
     detail: str
+
+
+@dataclass(frozen=True)
+class VerificationFailure:
+    """A client that refused the broadcast model, and why (from its error reply's code)."""
+
+    node_id: int
+    reason: ModelRefusalReason
+    detail: str
+    phase: str
+    """``train`` or ``evaluate``: which broadcast the client refused."""
 
 
 @dataclass(frozen=True)
@@ -37,6 +59,9 @@ class RoundRecord:
     central_metrics: dict[str, float] = field(default_factory=dict)
     federated_metrics: dict[str, float] = field(default_factory=dict)
     train_metrics: dict[str, float] = field(default_factory=dict)
+    verification_failures: tuple[VerificationFailure, ...] = ()
+    model_digest: str | None = None
+    """Digest of the signed global model after the round (the previous one when skipped)."""
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dictionary (reasons as their string identifiers)."""
@@ -45,7 +70,38 @@ class RoundRecord:
             {"node_id": item.node_id, "reason": item.reason.value, "detail": item.detail}
             for item in self.refused
         ]
+        data["verification_failures"] = [
+            {
+                "node_id": item.node_id,
+                "reason": item.reason.value,
+                "detail": item.detail,
+                "phase": item.phase,
+            }
+            for item in self.verification_failures
+        ]
         return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RoundRecord:
+        """Rebuild a record from :meth:`to_json` output (a resumed run's history)."""
+        values = dict(data)
+        values["refused"] = tuple(
+            RefusedUpdate(int(item["node_id"]), RefusalReason(item["reason"]), item["detail"])
+            for item in data["refused"]
+        )
+        values["verification_failures"] = tuple(
+            VerificationFailure(
+                int(item["node_id"]),
+                ModelRefusalReason(item["reason"]),
+                item["detail"],
+                item["phase"],
+            )
+            for item in data.get("verification_failures", [])
+        )
+        for name in ("sampled_nodes", "accepted_nodes", "selected_nodes", "weights"):
+            if values.get(name) is not None:
+                values[name] = tuple(values[name])
+        return cls(**values)
 
 
 @dataclass
@@ -69,6 +125,14 @@ class RunHistory:
             "initial_metrics": self.initial_metrics,
             "rounds": [record.to_json() for record in self.rounds],
         }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RunHistory:
+        """Rebuild a history from :meth:`to_json` output."""
+        return cls(
+            initial_metrics=dict(data.get("initial_metrics", {})),
+            rounds=[RoundRecord.from_json(item) for item in data.get("rounds", [])],
+        )
 
 
 class RoundObserver(Protocol):

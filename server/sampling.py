@@ -9,7 +9,8 @@ reproducible.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -31,3 +32,11 @@ class NodeSampler:
     def draw_seed(self) -> int:
         """A fresh 31-bit seed for a client's local randomness."""
         return int(self._generator.integers(0, 2**31 - 1))
+
+    def state(self) -> dict[str, Any]:
+        """The generator's state, JSON-ready: a resumed run samples exactly as this one would."""
+        return dict(self._generator.bit_generator.state)
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        """Continue from a :meth:`state` snapshot."""
+        self._generator.bit_generator.state = dict(state)

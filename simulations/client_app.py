@@ -2,50 +2,71 @@
 
 It reads its data share and role from the ``ztfl.simulation`` record the
 simulated adversary adds, poisons its data when it is a Byzantine client under
-a data attack, then runs exactly the handlers a real client runs.
+a data attack, then runs exactly what a real client runs: verification of the
+signed model against its trust anchor, then the handlers. Flower's
+``run_simulation`` gives simulated nodes no node config of their own, so the
+runner provisions the anchor file and hands its path to this app (the
+simulation's stand-in for ``--node-config trust-anchor=…``).
 """
 
 from __future__ import annotations
 
 import hashlib
 from functools import lru_cache
+from pathlib import Path
 
 import torch
 from flwr.app import ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 
 from ztfl.client import protocol
-from ztfl.client.app import ClientRefusal, handle_evaluate, handle_train, refusal_reply
+from ztfl.client.app import (
+    ClientRefusal,
+    handle_evaluate,
+    handle_train,
+    node_config_anchor,
+    run_verified,
+)
 from ztfl.client.data import ClientData
+from ztfl.client.trust_anchor import read_trust_anchor
+from ztfl.trust.verification import TrustAnchor
 
 from .adversary import SIMULATION_KEY
 from .attacks import resolve_attack
 from .datasets import PartitionError, load_digits_partition
 
 
-def build_simulation_client_app() -> ClientApp:
-    """A ClientApp for Flower's simulation engine."""
+def build_simulation_client_app(trust_anchor: Path | None = None) -> ClientApp:
+    """A ClientApp for Flower's simulation engine, pinning the anchor in ``trust_anchor``.
+
+    The file is read for every message: the runner rewrites it when one
+    simulation session moves on to the next run (a new ztfl run id).
+    """
     client_app = ClientApp()
+
+    def load_anchor(context: Context) -> TrustAnchor:
+        if trust_anchor is None:
+            return node_config_anchor(context)
+        return read_trust_anchor(trust_anchor)
 
     @client_app.train()
     def train(message: Message, context: Context) -> Message:
         # Each simulated client gets one CPU from Ray; more torch threads would
         # only oversubscribe the host.
         torch.set_num_threads(1)
-        try:
+
+        def handle() -> Message:
             _reseed(message, context)
-            reply = handle_train(message, _simulated_data(message, context))
-        except ClientRefusal as refusal:
-            reply = refusal_reply(message, refusal)
-        return _tag(reply, context)
+            return handle_train(message, _simulated_data(message, context))
+
+        return _tag(run_verified(message, context, load_anchor, handle), context)
 
     @client_app.evaluate()
     def evaluate(message: Message, context: Context) -> Message:
-        try:
-            reply = handle_evaluate(message, _simulated_data(message, context, honest=True))
-        except ClientRefusal as refusal:
-            reply = refusal_reply(message, refusal)
-        return _tag(reply, context)
+        def handle() -> Message:
+            return handle_evaluate(message, _simulated_data(message, context, honest=True))
+
+        return _tag(run_verified(message, context, load_anchor, handle), context)
 
     return client_app
 

@@ -29,6 +29,33 @@ class SummaryRow:
     refused_updates: int
 
 
+PLAN_FILE = "plan.json"
+
+
+class SavedPlanError(ValueError):
+    """A run folder's saved plan is missing or unreadable; the message names the file."""
+
+
+def save_plan(run_dir: Path, scenario: Scenario, *, matrix: bool) -> None:
+    """Record what this run folder runs, so ``ztfl simulate --resume`` can run it again."""
+    state = run_dir / "state"
+    state.mkdir(parents=True, exist_ok=True)
+    document = {"scenario": scenario.to_json(), "matrix": matrix}
+    (state / PLAN_FILE).write_text(json.dumps(document, indent=2))
+
+
+def read_saved_plan(run_dir: Path) -> tuple[Scenario, bool]:
+    """The scenario and the matrix flag :func:`save_plan` recorded in ``run_dir``."""
+    path = run_dir / "state" / PLAN_FILE
+    try:
+        document = json.loads(path.read_text())
+        return Scenario.from_json(document["scenario"]), bool(document["matrix"])
+    except FileNotFoundError:
+        raise SavedPlanError(f"{path}: missing; not a ztfl simulate run folder") from None
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise SavedPlanError(f"{path}: unreadable saved plan: {error}") from None
+
+
 def new_run_dir(base: Path, scenario: Scenario, kind: str) -> Path:
     """A fresh, timestamped folder for one invocation's outputs."""
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -105,6 +105,23 @@ class Scenario:
             for attack in self.matrix_attacks
             for defence in defences
         ]
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dictionary; :meth:`from_json` rebuilds the same scenario."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Scenario:
+        """Rebuild a scenario written by :meth:`to_json` (e.g. to resume a simulation)."""
+        values = dict(data)
+        for name in ("defences", "matrix_defences"):
+            values[name] = tuple(Defence(**item) for item in values.get(name, ()))
+        for name in ("seeds", "matrix_attacks", "matrix_seeds"):
+            values[name] = tuple(values.get(name, ()))
+        try:
+            return cls(**values)
+        except TypeError as error:
+            raise ScenarioError(f"not a saved scenario: {error}") from None
 
     def with_overrides(self, **changes: Any) -> Scenario:
         """A copy with some fields replaced (command-line overrides), re-validated."""

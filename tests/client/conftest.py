@@ -9,6 +9,7 @@ identity as the SuperLink-side runtime does and restore it afterwards.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +23,53 @@ from ztfl.client import protocol
 from ztfl.client.data import ClientData
 from ztfl.client.models import build_model
 from ztfl.client.trainer import model_weights
+from ztfl.client.trust_anchor import write_trust_anchor
 from ztfl.simulations.datasets import load_digits_partition
+from ztfl.trust.keys import generate_signing_key, write_verifying_key
+from ztfl.trust.signing import SignedManifest, build_manifest, sign_manifest
+from ztfl.trust.verification import TrustAnchor
 
 CLIENT_NODE_ID = 7
 """The node id the test messages are addressed to."""
+
+COORDINATOR_KEY = generate_signing_key()
+"""The test coordinator's model-signing key: every ``round_message`` is signed with it."""
+TEST_RUN_ID = "client-tests-run"
+TEST_ANCHOR = TrustAnchor(TEST_RUN_ID, (COORDINATOR_KEY.public_key(),))
+"""The anchor the test nodes pin."""
+
+
+def sign_weights(arrays: Mapping[str, np.ndarray], *, server_round: int = 0) -> SignedManifest:
+    """The coordinator's signed manifest for ``arrays`` (a lineage root of ``TEST_RUN_ID``)."""
+    manifest = build_manifest(
+        list(arrays.items()),
+        run_id=TEST_RUN_ID,
+        round=server_round,
+        parent_digest=None,
+        pipeline="mean",
+        participants=(),
+        refused=(),
+        privacy=None,
+        audit_head="0:" + "0" * 64,
+        valid_for=timedelta(hours=1),
+    )
+    return sign_manifest(manifest, COORDINATOR_KEY)
+
+
+@pytest.fixture
+def trust_anchor() -> TrustAnchor:
+    """The anchor the test nodes pin: ``TEST_RUN_ID`` and the test coordinator's key."""
+    return TEST_ANCHOR
+
+
+@pytest.fixture
+def anchor_file(tmp_path: Path) -> Path:
+    """A trust-anchor file pinning ``TEST_ANCHOR`` (for ``trust-anchor`` in a node config)."""
+    write_verifying_key(COORDINATOR_KEY.public_key(), tmp_path / "coordinator.pub.pem")
+    path = tmp_path / "trust-anchor.toml"
+    write_trust_anchor(path, TEST_RUN_ID, [Path("coordinator.pub.pem")])
+    return path
+
 
 RoundMessage = Callable[..., Message]
 """Builds the coordinator's message; see the ``round_message`` fixture."""
@@ -106,6 +150,7 @@ def round_message(global_weights: dict[str, np.ndarray]) -> RoundMessage:
         with_model: bool = True,
         config: Mapping[str, int | float | str] | None = ROUND_CONFIG,
         message_type: str = MessageType.TRAIN,
+        signed: bool = True,
     ) -> Message:
         content = RecordDict()
         if with_model:
@@ -113,6 +158,10 @@ def round_message(global_weights: dict[str, np.ndarray]) -> RoundMessage:
             content[protocol.GLOBAL_MODEL_KEY] = ArrayRecord(
                 {name: Array(values) for name, values in arrays.items()}
             )
+            if signed:
+                content[protocol.MANIFEST_KEY] = ConfigRecord(
+                    {protocol.SIGNED_MANIFEST: sign_weights(arrays).to_bytes()}
+                )
         if config is not None:
             content[protocol.CONFIG_KEY] = ConfigRecord(dict(config))
         return Message(content, dst_node_id=CLIENT_NODE_ID, message_type=message_type, group_id="1")

@@ -1,17 +1,22 @@
-"""The ClientApp as Flower calls it: data from the node's context, refusals as error replies."""
+"""The ClientApp as Flower calls it: verification against the node's own trust anchor, data from
+the node's context, refusals as error replies."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
 from flwr.app import Context, Message, MessageType, RecordDict
+from flwr.clientapp import ClientApp
 
 from ztfl.client import protocol
-from ztfl.client.app import app, build_client_app, load_context_data
+from ztfl.client.app import LINEAGE_STATE_KEY, app, build_client_app, load_context_data
 from ztfl.client.data import ClientData, DatasetConfigError
 from ztfl.simulations.datasets import load_digits_partition
+from ztfl.trust.signing import SignedManifest
+from ztfl.trust.verification import LineageState, TrustAnchor
 
 RoundMessage = Callable[..., Message]
 
@@ -29,46 +34,57 @@ def node_context(
     )
 
 
+@pytest.fixture
+def pinned_app(client_data: ClientData, trust_anchor: TrustAnchor) -> ClientApp:
+    """The ClientApp on ``client_data``, pinning the test anchor."""
+    return build_client_app(lambda context: client_data, load_anchor=lambda context: trust_anchor)
+
+
 def test_the_client_app_trains_on_the_data_its_loader_returns(
-    round_message: RoundMessage, client_data: ClientData
+    round_message: RoundMessage, client_data: ClientData, pinned_app: ClientApp
 ) -> None:
-    client_app = build_client_app(lambda context: client_data)
-    reply = client_app(round_message(), node_context({}))
+    reply = pinned_app(round_message(), node_context({}))
     assert not reply.has_error()
     metrics = reply.content.metric_records[protocol.METRICS_KEY]
     assert metrics[protocol.NUM_EXAMPLES] == client_data.num_train
 
 
 def test_the_client_app_answers_a_refused_round_with_its_error_code(
-    round_message: RoundMessage, client_data: ClientData
+    round_message: RoundMessage, pinned_app: ClientApp
 ) -> None:
-    client_app = build_client_app(lambda context: client_data)
-    reply = client_app(round_message(with_model=False), node_context({}))
+    reply = pinned_app(round_message(with_model=False), node_context({}))
     assert reply.has_error()
     assert reply.error.code == int(protocol.ClientErrorCode.INVALID_MESSAGE)
 
 
 def test_the_client_app_answers_a_node_without_a_dataset_with_no_data(
-    round_message: RoundMessage,
+    round_message: RoundMessage, anchor_file: Path
 ) -> None:
-    reply = app(round_message(), node_context({}))
+    reply = app(round_message(), node_context({"trust-anchor": str(anchor_file)}))
     assert reply.has_error()
     assert reply.error.code == int(protocol.ClientErrorCode.NO_DATA)
     assert "--node-config" in str(reply.error.reason)
 
 
 def test_the_client_app_answers_an_evaluation_without_a_dataset_with_no_data(
-    round_message: RoundMessage,
+    round_message: RoundMessage, anchor_file: Path
 ) -> None:
-    reply = app(round_message(message_type=MessageType.EVALUATE), node_context({}))
+    context = node_context({"trust-anchor": str(anchor_file)})
+    reply = app(round_message(message_type=MessageType.EVALUATE), context)
     assert reply.has_error()
     assert reply.error.code == int(protocol.ClientErrorCode.NO_DATA)
 
 
 def test_the_client_app_loads_the_dataset_its_node_configuration_names(
-    round_message: RoundMessage,
+    round_message: RoundMessage, anchor_file: Path
 ) -> None:
-    context = node_context({"dataset": "ztfl_test_hooks.datasets:load_tiny", "rows": 6})
+    context = node_context(
+        {
+            "dataset": "ztfl_test_hooks.datasets:load_tiny",
+            "rows": 6,
+            "trust-anchor": str(anchor_file),
+        }
+    )
     reply = app(round_message(message_type=MessageType.EVALUATE), context)
     assert not reply.has_error()
     assert reply.content.metric_records[protocol.METRICS_KEY][protocol.NUM_EXAMPLES] == 6
@@ -95,3 +111,37 @@ def test_load_context_data_prefers_the_dataset_hook_over_a_simulation_partition(
 def test_load_context_data_without_hook_or_partition_is_a_dataset_error() -> None:
     with pytest.raises(DatasetConfigError, match="no dataset"):
         load_context_data(node_context({"partition-id": 0}))
+
+
+def test_a_node_without_a_trust_anchor_refuses_every_round(
+    round_message: RoundMessage,
+) -> None:
+    reply = app(round_message(), node_context({"dataset": "ztfl_test_hooks.datasets:load_tiny"}))
+    assert reply.has_error()
+    assert reply.error.code == int(protocol.ClientErrorCode.NO_TRUST_ANCHOR)
+    assert "trust-anchor" in str(reply.error.reason)
+
+
+def test_an_unsigned_global_model_is_refused_as_a_malformed_manifest(
+    round_message: RoundMessage, pinned_app: ClientApp
+) -> None:
+    reply = pinned_app(round_message(signed=False), node_context({}))
+    assert reply.has_error()
+    assert reply.error.code == int(protocol.ClientErrorCode.MODEL_MALFORMED_MANIFEST)
+
+
+def test_an_accepted_model_is_remembered_in_the_node_state_and_reported(
+    round_message: RoundMessage,
+    pinned_app: ClientApp,
+    trust_anchor: TrustAnchor,
+) -> None:
+    context = node_context({})
+    message = round_message()
+    reply = pinned_app(message, context)
+    record = message.content.config_records[protocol.MANIFEST_KEY]
+    digest = SignedManifest.from_bytes(record[protocol.SIGNED_MANIFEST]).digest  # type: ignore[arg-type]
+    assert reply.content.config_records[protocol.LINEAGE_KEY][protocol.ACCEPTED_DIGEST] == digest
+    stored = context.state.config_records[LINEAGE_STATE_KEY][trust_anchor.run_id]
+    lineage = LineageState.from_json(stored)  # type: ignore[arg-type]
+    assert lineage.last is not None
+    assert lineage.last.digest == digest

@@ -4,7 +4,9 @@ One SuperLink and two SuperNodes start as separate processes on loopback
 (insecure: TLS comes with the deployment work), each SuperNode loading its share
 of the bundled digits through the ``dataset`` node-config hook. ``flwr run``
 submits this repository as a Flower app for one round, and the test checks that
-the run completed and that the coordinator accepted both nodes' updates.
+the run completed and that the coordinator accepted both nodes' updates. The
+coordinator signs with a key the test provisions (``state-dir``, ``signing-key``)
+and each SuperNode pins the trust anchor ``ztfl coordinator init`` wrote.
 
 Every process gets its own session, its own Flower home under the test's
 temporary folder and a marker in its environment. Flower starts further
@@ -32,6 +34,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from ztfl.server.ledger import TRUST_ANCHOR_FILE, prepare_state_dir
+from ztfl.trust.audit import AuditEventKind, AuditLog
+from ztfl.trust.keys import generate_signing_key, read_signing_key, write_signing_key
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -93,6 +99,11 @@ class LoopbackFederation:
         self.stopped = False
         self.ports: set[int] = set()
         self.superlink_port = free_loopback_port(self.ports)
+        self.signing_key = root / "model-signing-key.pem"
+        write_signing_key(generate_signing_key(), self.signing_key)
+        self.state_dir = root / "coordinator-state"
+        prepare_state_dir(self.state_dir, read_signing_key(self.signing_key).public_key())
+        self.trust_anchor = self.state_dir / TRUST_ANCHOR_FILE
         self.cli_home = self._home("cli")
         config = (
             f'[superlink]\ndefault = "{CONNECTION}"\n\n'
@@ -177,7 +188,8 @@ class LoopbackFederation:
         """Start a SuperNode that loads its digits share through the dataset hook."""
         node_config = (
             "dataset='ztfl.simulations.datasets:digits_node_data' "
-            f"partition-id={partition_id} num-partitions={NUM_NODES}"
+            f"partition-id={partition_id} num-partitions={NUM_NODES} "
+            f"trust-anchor='{self.trust_anchor}'"
         )
         self.start(
             f"supernode-{partition_id}",
@@ -371,7 +383,7 @@ def test_flwr_run_completes_a_round_with_both_supernodes_updates_accepted(
         str(REPO_ROOT),
         CONNECTION,
         "--run-config",
-        RUN_CONFIG,
+        f"{RUN_CONFIG} state-dir='{federation.state_dir}' signing-key='{federation.signing_key}'",
         "--stream",
         timeout_s=RUN_TIMEOUT_S,
     )
@@ -387,6 +399,10 @@ def test_flwr_run_completes_a_round_with_both_supernodes_updates_accepted(
     for partition_id in range(NUM_NODES):
         node_log = federation.log_files[f"supernode-{partition_id}"].read_text(errors="replace")
         assert "Sending: train message" in node_log, f"supernode-{partition_id} sent no update"
+    with AuditLog.open(federation.state_dir / "audit.db", create=False) as log:
+        kinds = [record.kind for record in log.records()]
+    assert kinds.count(AuditEventKind.ROUND_COMPLETED) == 1
+    assert AuditEventKind.CLIENT_VERIFICATION_FAILED not in kinds
 
     federation.shutdown()
     assert federation.marked_processes() == {}

@@ -3,12 +3,16 @@
 ``LoopbackGrid`` stands in for the SuperLink and its SuperNodes: it hands each
 message to a real ``ClientApp`` (``ztfl.client.app.build_client_app``) with the
 node's ``Context`` and returns the real replies. Everything else — messages,
-models, digits data, training, validation, aggregation — is the production code.
+models, digits data, training, validation, aggregation, signing and client-side
+verification — is the production code. Each test gets its own state folder and
+the nodes pin the anchor written for the coordinator's run.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,10 +28,33 @@ from ztfl.client.app import build_client_app
 from ztfl.client.data import ClientData
 from ztfl.client.models import build_model
 from ztfl.client.trainer import evaluate, load_weights, model_weights
+from ztfl.client.trust_anchor import write_trust_anchor
 from ztfl.server.config import CoordinatorConfig
-from ztfl.server.coordinator import Coordinator, NotEnoughNodesError
+from ztfl.server.coordinator import Coordinator, NotEnoughNodesError, open_ledger
 from ztfl.server.history import RoundRecord
+from ztfl.server.ledger import PUBLIC_KEY_FILE, RunLedger
 from ztfl.simulations.datasets import digits_holdout, load_digits_partition
+from ztfl.trust.keys import generate_signing_key
+from ztfl.trust.signing import SignedManifest
+from ztfl.trust.verification import LineageState, TrustAnchor, verify_model
+
+SIGNING_KEY = generate_signing_key()
+_RUN_FOLDERS: list[Path] = []
+_STATE_NUMBERS = itertools.count()
+
+
+def anchor_file() -> Path:
+    """The trust anchor the loopback nodes pin: rewritten for each coordinator a test makes."""
+    return _RUN_FOLDERS[-1] / "trust-anchor.toml"
+
+
+def make_ledger(config: CoordinatorConfig, initial: dict[str, np.ndarray]) -> RunLedger:
+    """A new run in a fresh state folder; the nodes' anchor now pins its run id."""
+    state_dir = _RUN_FOLDERS[-1] / f"state-{next(_STATE_NUMBERS)}"
+    ledger = open_ledger(config, initial, state_dir=state_dir, key=SIGNING_KEY, resume=False)
+    write_trust_anchor(anchor_file(), ledger.run_id, [state_dir / PUBLIC_KEY_FILE])
+    return ledger
+
 
 NODE_IDS = (101, 102, 103, 104, 105)
 EMPTY_NODE_IDS = frozenset({104, 105})
@@ -41,7 +68,11 @@ class LoopbackGrid(Grid):
         self._client_app = client_app
         self._contexts = {
             node_id: Context(
-                run_id=1, node_id=node_id, node_config={}, state=RecordDict(), run_config={}
+                run_id=1,
+                node_id=node_id,
+                node_config={"trust-anchor": str(anchor_file())},
+                state=RecordDict(),
+                run_config={},
             )
             for node_id in node_ids
         }
@@ -91,6 +122,14 @@ class LoopbackGrid(Grid):
         reply = self._client_app(message, self._contexts[message.metadata.dst_node_id])
         self.received.append(reply)
         return reply
+
+
+@pytest.fixture(autouse=True)
+def run_folder(tmp_path: Path) -> Iterator[Path]:
+    """This test's folder for state and the nodes' trust anchor."""
+    _RUN_FOLDERS.append(tmp_path)
+    yield tmp_path
+    _RUN_FOLDERS.pop()
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -150,7 +189,8 @@ def make_coordinator(**settings: object) -> Coordinator:
     }
     config.update(settings)
     initial = model_weights(build_model("mlp", seed=0))
-    return Coordinator(CoordinatorConfig(**config), initial)  # type: ignore[arg-type]
+    coordinator_config = CoordinatorConfig(**config)  # type: ignore[arg-type]
+    return Coordinator(coordinator_config, initial, ledger=make_ledger(coordinator_config, initial))
 
 
 def flat(weights: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -308,7 +348,13 @@ def test_a_run_evaluates_centrally_and_reports_every_round_to_its_observers(
         federated_evaluation=False, learning_rate=0.1,
     )  # fmt: skip
     initial = model_weights(build_model("mlp", seed=0))
-    coordinator = Coordinator(config, initial, central_evaluation=score, observers=[observer])
+    coordinator = Coordinator(
+        config,
+        initial,
+        ledger=make_ledger(config, initial),
+        central_evaluation=score,
+        observers=[observer],
+    )
     history = coordinator.run(grid)
     assert [record.server_round for record in history.rounds] == [1, 2]
     assert observer.rounds == history.rounds
@@ -321,3 +367,39 @@ def test_a_run_refuses_to_start_without_enough_nodes(grid: LoopbackGrid) -> None
     with pytest.raises(NotEnoughNodesError, match="5 node\\(s\\) connected"):
         coordinator.run(grid)
     assert grid.sent == []
+
+
+# ------------------------------------------------------------------ signed broadcasts
+
+
+def _signed(message: Message) -> SignedManifest:
+    record = message.content.config_records[protocol.MANIFEST_KEY]
+    return SignedManifest.from_bytes(record[protocol.SIGNED_MANIFEST])  # type: ignore[arg-type]
+
+
+def test_the_broadcast_model_verifies_under_the_nodes_trust_anchor(grid: LoopbackGrid) -> None:
+    coordinator = make_coordinator()
+    coordinator.run_round(grid, 1)
+    message = grid.sent[0]
+    arrays = [
+        (name, array.numpy())
+        for name, array in message.content.array_records[protocol.GLOBAL_MODEL_KEY].items()
+    ]
+    anchor = TrustAnchor(coordinator.ledger.run_id, (SIGNING_KEY.public_key(),))
+    lineage = verify_model(arrays, _signed(message), anchor=anchor, lineage=LineageState.empty())
+    assert lineage.last is not None
+    assert lineage.last.round == 0
+
+
+def test_a_node_gets_the_chain_from_the_model_it_reported_accepting(grid: LoopbackGrid) -> None:
+    coordinator = make_coordinator(num_rounds=3)
+    for server_round in (1, 2):
+        coordinator.run_round(grid, server_round)
+    first = [m for m in grid.sent if m.metadata.group_id == "1"]
+    second = [m for m in grid.sent if m.metadata.group_id == "2"]
+    assert all(protocol.CHAIN not in m.content.config_records[protocol.MANIFEST_KEY] for m in first)
+    # Each node accepted round 0 in round 1; round 2 brings round 1's model, whose parent is
+    # round 0: the chain is empty because the parent is the node's accepted model itself.
+    assert all(_signed(m).manifest.round == 1 for m in second)
+    assert all(not record.verification_failures for record in coordinator.history.rounds)
+    assert coordinator.history.rounds[-1].accepted_nodes == NODE_IDS

@@ -33,7 +33,7 @@ ALIE_DEFENCES = {
 
 
 @pytest.fixture(scope="module")
-def results() -> dict[str, list[RunResult]]:
+def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[RunResult]]:
     """The default scenario's runs plus strong ALIE against four defences, in one Ray session."""
     default_runs = DEFAULT.runs()
     alie_runs = [
@@ -41,7 +41,8 @@ def results() -> dict[str, list[RunResult]]:
         for seed in ALIE_SEEDS
         for defence in ALIE_DEFENCES.values()
     ]
-    finished = run_plan(DEFAULT, [*default_runs, *alie_runs])
+    state_root = tmp_path_factory.mktemp("end-to-end") / "state"
+    finished = run_plan(DEFAULT, [*default_runs, *alie_runs], state_root=state_root)
     by_label: dict[str, list[RunResult]] = {}
     for result in finished[: len(default_runs)]:
         by_label.setdefault(result.spec.defence.label, []).append(result)

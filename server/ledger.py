@@ -1,0 +1,463 @@
+"""The coordinator's evidence and memory for one run: model store, audit log, state file.
+
+A state folder holds one ztfl run::
+
+    run-id                 the ztfl run id (``secrets``, written once; Flower's changes on restart)
+    coordinator.json       the state: the run's single commit point (docs/decisions/0008)
+    audit.db               the hash-chained audit log (docs/audit.md)
+    models/<digest>/       every committed global model with its signed manifest
+    set-aside/<digest>/    models written after the last state commit, moved aside on resume
+    trust-anchor.toml      what clients pin (run id, public key), with coordinator.pub.pem
+
+:class:`RunLedger` starts a run (refusing a folder that already holds one) or
+resumes it: it reads the state, checks the audit chain against the head the
+state recorded, sets aside models beyond the commit point and records what it
+reconciled. Every model it commits is signed with the coordinator's key and
+names its parent, so a client can verify lineage from any model it accepted.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ztfl.client.trust_anchor import write_trust_anchor
+from ztfl.trust.audit import (
+    AuditEvent,
+    AuditEventKind,
+    AuditHead,
+    AuditLog,
+    AuditLogError,
+    verify_audit_log,
+)
+from ztfl.trust.keys import SigningKey, VerifyingKey, write_verifying_key
+from ztfl.trust.manifest import RefusedUpdate as ManifestRefusal
+from ztfl.trust.model_store import ModelStore, ModelStoreError
+from ztfl.trust.refusal import ModelRefusal, ModelRefusalReason
+from ztfl.trust.revocation import RevocationList
+from ztfl.trust.signing import SignedManifest, build_manifest, sign_manifest
+
+from .run_state import CoordinatorState, StateFileError, read_state, write_state
+
+logger = logging.getLogger(__name__)
+
+RUN_ID_FILE = "run-id"
+STATE_FILE = "coordinator.json"
+AUDIT_FILE = "audit.db"
+MODELS_DIR = "models"
+SET_ASIDE_DIR = "set-aside"
+TRUST_ANCHOR_FILE = "trust-anchor.toml"
+PUBLIC_KEY_FILE = "coordinator.pub.pem"
+
+Arrays = Sequence[tuple[str, np.ndarray]]
+
+
+class LedgerError(Exception):
+    """The state folder cannot be used as asked; the message names the file and what to do."""
+
+
+@dataclass(frozen=True)
+class Reconciliation:
+    """What a resume found beyond the state's commit point."""
+
+    set_aside: tuple[str, ...]
+    audit_records_after_state: int
+    staging_removed: int
+
+    @property
+    def changed(self) -> bool:
+        """Whether anything was beyond the commit point."""
+        return bool(self.set_aside or self.audit_records_after_state or self.staging_removed)
+
+
+def prepare_state_dir(state_dir: Path, public_key: VerifyingKey) -> str:
+    """Give a new state folder its run id and the anchor clients pin; returns the run id.
+
+    Idempotent: an existing run id is kept, so an operator can provision clients
+    before the coordinator first starts.
+    """
+    state_dir.mkdir(parents=True, exist_ok=True)
+    run_id_path = state_dir / RUN_ID_FILE
+    if run_id_path.exists():
+        run_id = _read_run_id(run_id_path)
+    else:
+        run_id = secrets.token_hex(16)
+        temporary = run_id_path.with_name(f".{RUN_ID_FILE}.tmp")
+        temporary.write_text(run_id + "\n", encoding="ascii")
+        temporary.replace(run_id_path)
+    key_path = state_dir / PUBLIC_KEY_FILE
+    if not key_path.exists():
+        write_verifying_key(public_key, key_path)
+    write_trust_anchor(state_dir / TRUST_ANCHOR_FILE, run_id, [Path(PUBLIC_KEY_FILE)])
+    return run_id
+
+
+def _read_run_id(path: Path) -> str:
+    try:
+        text = path.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError) as error:
+        raise LedgerError(f"{path}: cannot read the run id: {error}") from None
+    if len(text) != 32 or any(c not in "0123456789abcdef" for c in text):
+        raise LedgerError(f"{path}: not a ztfl run id (32 hex digits)")
+    return text
+
+
+class RunLedger:
+    """Signs, stores and records one run's models and events; persists its state."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        key: SigningKey,
+        *,
+        run_id: str,
+        audit: AuditLog,
+        model_validity: timedelta,
+        pipeline: str,
+        revocation_list: Path | None = None,
+    ) -> None:
+        self.state_dir = state_dir
+        self.run_id = run_id
+        self.audit = audit
+        self.store = ModelStore(state_dir / MODELS_DIR)
+        self._key = key
+        self._public_key = key.public_key()
+        self._validity = model_validity
+        self._pipeline = pipeline
+        self._revocation_list = revocation_list
+        self._manifests: dict[str, SignedManifest] = {}
+        self.model_digest = ""
+        self.state: CoordinatorState | None = None
+
+    # ------------------------------------------------------------ start / resume
+    @classmethod
+    def start(
+        cls,
+        state_dir: Path,
+        key: SigningKey,
+        *,
+        config: Mapping[str, Any],
+        initial: Arrays,
+        model_validity: timedelta,
+        pipeline: str,
+        revocation_list: Path | None = None,
+    ) -> RunLedger:
+        """Begin a new run in ``state_dir``; refuses a folder that already holds one.
+
+        Logs RUN_STARTED and commits the initial model as round 0, so the first
+        broadcast already travels signed. The state file is written by the
+        coordinator's first :meth:`commit_state`.
+        """
+        for name in (STATE_FILE, AUDIT_FILE, MODELS_DIR):
+            if (state_dir / name).exists():
+                raise LedgerError(
+                    f"{state_dir / name}: the state folder already holds a run; resume it "
+                    "(ztfl simulate --resume / run config resume=true) or choose a new folder"
+                )
+        run_id = prepare_state_dir(state_dir, key.public_key())
+        audit = AuditLog.open(state_dir / AUDIT_FILE, create=True)
+        ledger = cls(
+            state_dir,
+            key,
+            run_id=run_id,
+            audit=audit,
+            model_validity=model_validity,
+            pipeline=pipeline,
+            revocation_list=revocation_list,
+        )
+        audit.append(
+            AuditEventKind.RUN_STARTED,
+            run_id=run_id,
+            details={
+                "config": dict(config),
+                "signing_key_id": key.public_key().key_id,
+            },
+        )
+        ledger.commit_model(0, initial, participants=(), refused=())
+        return ledger
+
+    @classmethod
+    def resume(
+        cls,
+        state_dir: Path,
+        key: SigningKey,
+        *,
+        config: Mapping[str, Any],
+        model_validity: timedelta,
+        pipeline: str,
+        revocation_list: Path | None = None,
+    ) -> RunLedger:
+        """Continue the run in ``state_dir`` from its state file; reconcile what lies beyond it.
+
+        Raises LedgerError (or StateFileError / AuditLogError / ModelStoreError,
+        all naming the file) when the state, the log or the current model is
+        missing, truncated, corrupted or was not signed by ``key``.
+        """
+        state = read_state(state_dir / STATE_FILE)
+        run_id = _read_run_id(state_dir / RUN_ID_FILE)
+        if state.run_id != run_id:
+            raise StateFileError(
+                state_dir / STATE_FILE, f"is for run {state.run_id}, the folder for {run_id}"
+            )
+        audit_path = state_dir / AUDIT_FILE
+        head = AuditHead.parse(state.audit_head)
+        verification = verify_audit_log(audit_path, [head])
+        if not verification.ok:
+            raise LedgerError(
+                f"{audit_path}: the audit log does not verify against the state's head {head} "
+                f"({verification.failure}: {verification.detail})"
+            )
+        audit = AuditLog.open(audit_path, create=False)
+        ledger = cls(
+            state_dir,
+            key,
+            run_id=run_id,
+            audit=audit,
+            model_validity=model_validity,
+            pipeline=pipeline,
+            revocation_list=revocation_list,
+        )
+        ledger.state = state
+        ledger.model_digest = state.model_digest
+        try:
+            ledger.store.load(state.model_digest, keys=[key.public_key()])
+        except ModelRefusal as refusal:
+            raise LedgerError(
+                f"{ledger.store.path(state.model_digest)}: not signed by the configured "
+                f"signing key ({refusal.message})"
+            ) from None
+        reconciliation = ledger._reconcile(verification.head.seq - head.seq)
+        audit.append(
+            AuditEventKind.RUN_RESUMED,
+            run_id=run_id,
+            round=state.round,
+            details={"model_digest": state.model_digest, "state_audit_head": state.audit_head},
+        )
+        if reconciliation.changed:
+            audit.append(
+                AuditEventKind.RECONCILED,
+                run_id=run_id,
+                round=state.round,
+                details={
+                    "models_set_aside": list(reconciliation.set_aside),
+                    "audit_records_after_state": reconciliation.audit_records_after_state,
+                    "staging_entries_removed": reconciliation.staging_removed,
+                },
+            )
+        old = {k: v for k, v in state.config.items() if k != "resume"}
+        new = {k: v for k, v in config.items() if k != "resume"}
+        for setting in sorted(set(old) | set(new)):
+            if old.get(setting) != new.get(setting):
+                audit.append(
+                    AuditEventKind.CONFIG_CHANGED,
+                    run_id=run_id,
+                    round=state.round,
+                    details={"setting": setting, "old": old.get(setting), "new": new.get(setting)},
+                )
+        return ledger
+
+    def _reconcile(self, audit_records_after_state: int) -> Reconciliation:
+        """Move models beyond the state's commit point aside; drop half-written commits."""
+        lineage = {signed.digest for signed in self.store.chain(None, self.model_digest)}
+        set_aside = []
+        for manifest in self.store.entries():
+            if manifest.digest in lineage:
+                continue
+            target = self.state_dir / SET_ASIDE_DIR / manifest.digest
+            target.parent.mkdir(exist_ok=True)
+            if target.exists():
+                shutil.rmtree(target)
+            self.store.path(manifest.digest).rename(target)
+            set_aside.append(manifest.digest)
+            logger.warning(
+                "resume: model of round %d (%s) was written after the last state commit; "
+                "moved to %s",
+                manifest.round,
+                manifest.digest,
+                target,
+            )
+        staging = self.store.root / ".staging"
+        removed = 0
+        if staging.is_dir():
+            removed = sum(1 for _ in staging.iterdir())
+            shutil.rmtree(staging)
+        return Reconciliation(tuple(set_aside), audit_records_after_state, removed)
+
+    # ------------------------------------------------------------ models
+    def load_current(self) -> list[tuple[str, np.ndarray]]:
+        """The current global model, every byte checked against its signed manifest."""
+        arrays, _ = self.store.load(self.model_digest, keys=[self._public_key])
+        return arrays
+
+    def commit_model(
+        self,
+        server_round: int,
+        arrays: Arrays,
+        *,
+        participants: Sequence[int],
+        refused: Sequence[tuple[int, str]],
+    ) -> SignedManifest:
+        """Sign and store the round's model (parent: the current one); log MODEL_COMMITTED."""
+        manifest = build_manifest(
+            arrays,
+            run_id=self.run_id,
+            round=server_round,
+            parent_digest=self.model_digest or None,
+            pipeline=self._pipeline,
+            participants=[str(node) for node in participants],
+            refused=[ManifestRefusal(str(node), reason) for node, reason in refused],
+            privacy=None,
+            audit_head=str(self.audit.head),
+            valid_for=self._validity,
+        )
+        signed = sign_manifest(manifest, self._key)
+        self.store.commit(arrays, signed)
+        self._manifests[signed.digest] = signed
+        self.audit.append(
+            AuditEventKind.MODEL_COMMITTED,
+            run_id=self.run_id,
+            round=server_round,
+            details={"model_digest": signed.digest, "parent_digest": manifest.parent_digest},
+        )
+        self.model_digest = signed.digest
+        return signed
+
+    def signed_manifest(self, digest: str) -> SignedManifest:
+        """A stored model's signed manifest (cached)."""
+        signed = self._manifests.get(digest)
+        if signed is None:
+            signed = self.store.signed_manifest(digest)
+            self._manifests[digest] = signed
+        return signed
+
+    def chain_for(self, accepted_digest: str | None) -> list[SignedManifest]:
+        """What a node that last accepted ``accepted_digest`` needs to reach the current model.
+
+        Nothing for a first contact (an unknown node, or a digest not in this
+        lineage): a client with no lineage accepts any model of its run.
+        """
+        if accepted_digest is None or accepted_digest == self.model_digest:
+            return []
+        chain: list[SignedManifest] = []
+        digest: str | None = self.signed_manifest(self.model_digest).manifest.parent_digest
+        while digest is not None and digest != accepted_digest:
+            if digest not in self._manifests and digest not in self.store:
+                return []
+            signed = self.signed_manifest(digest)
+            chain.append(signed)
+            digest = signed.manifest.parent_digest
+        if digest is None:
+            return []
+        chain.reverse()
+        return chain
+
+    def revocations(self) -> bytes | None:
+        """The configured revocation list's bytes (checked against the coordinator's key)."""
+        if self._revocation_list is None:
+            return None
+        try:
+            data = self._revocation_list.read_bytes()
+            revocation = RevocationList.from_bytes(data)
+            revocation.verify([self._public_key])
+        except (OSError, ModelRefusal) as error:
+            raise LedgerError(
+                f"{self._revocation_list}: unusable revocation list: {error}"
+            ) from None
+        if revocation.run_id != self.run_id:
+            raise LedgerError(f"{self._revocation_list}: revocation list of another run")
+        return data
+
+    # ------------------------------------------------------------ events
+    def round_started(self, server_round: int, sampled: Sequence[int]) -> None:
+        """Log ROUND_STARTED with the sampled nodes."""
+        self.audit.append(
+            AuditEventKind.ROUND_STARTED,
+            run_id=self.run_id,
+            round=server_round,
+            details={"sampled_nodes": [str(node) for node in sampled]},
+        )
+
+    def updates_refused(self, server_round: int, refused: Sequence[Any]) -> None:
+        """Log one UPDATE_REFUSED per refused update (``node_id``, ``reason``, ``detail``)."""
+        self.audit.append_many(
+            AuditEvent(
+                AuditEventKind.UPDATE_REFUSED,
+                self.run_id,
+                round=server_round,
+                node_id=int(item.node_id),
+                reason=item.reason,
+                details={"detail": item.detail[:500]},
+            )
+            for item in refused
+        )
+
+    def client_verification_failed(
+        self, server_round: int, node_id: int, reason: ModelRefusalReason, detail: str
+    ) -> None:
+        """Log that a client refused the broadcast model, and why."""
+        self.audit.append(
+            AuditEventKind.CLIENT_VERIFICATION_FAILED,
+            run_id=self.run_id,
+            round=server_round,
+            node_id=node_id,
+            reason=reason,
+            details={"detail": detail[:500]},
+        )
+
+    def round_skipped(self, server_round: int, reason: str, detail: str) -> None:
+        """Log ROUND_SKIPPED."""
+        self.audit.append(
+            AuditEventKind.ROUND_SKIPPED,
+            run_id=self.run_id,
+            round=server_round,
+            reason=reason,
+            details={"detail": detail[:500]},
+        )
+
+    def round_completed(self, server_round: int) -> None:
+        """Log ROUND_COMPLETED for the committed model."""
+        self.audit.append(
+            AuditEventKind.ROUND_COMPLETED,
+            run_id=self.run_id,
+            round=server_round,
+            details={"model_digest": self.model_digest},
+        )
+
+    # ------------------------------------------------------------ state
+    def commit_state(self, state: CoordinatorState) -> None:
+        """Persist ``state`` (the commit point), stamped with this ledger's run, model and head."""
+        stamped = replace(
+            state,
+            run_id=self.run_id,
+            model_digest=self.model_digest,
+            audit_head=str(self.audit.head),
+        )
+        write_state(self.state_dir / STATE_FILE, stamped)
+        self.state = stamped
+
+    def close(self) -> None:
+        """Close the audit log."""
+        self.audit.close()
+
+
+__all__ = [
+    "AUDIT_FILE",
+    "MODELS_DIR",
+    "STATE_FILE",
+    "TRUST_ANCHOR_FILE",
+    "AuditLogError",
+    "LedgerError",
+    "ModelStoreError",
+    "Reconciliation",
+    "RunLedger",
+    "StateFileError",
+    "prepare_state_dir",
+]
