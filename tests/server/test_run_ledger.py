@@ -1,0 +1,184 @@
+"""The run's state folder: start, resume, reconciliation, and refusals to use damaged files.
+
+Real files throughout: the SQLite audit log, the model store with signed
+manifests and the state file. Every damaged file must be refused with an error
+that names it — never taken for a fresh start.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ztfl.server.ledger import (
+    AUDIT_FILE,
+    MODELS_DIR,
+    STATE_FILE,
+    LedgerError,
+    RunLedger,
+)
+from ztfl.server.run_state import CoordinatorState, StateFileError
+from ztfl.trust.audit import AuditEventKind, AuditLogError
+from ztfl.trust.keys import SigningKey, generate_signing_key
+from ztfl.trust.model_store import ModelStoreError
+
+KEY = generate_signing_key()
+CONFIG = {"pipeline": "mean", "num-server-rounds": 3}
+
+
+def model(value: float) -> list[tuple[str, np.ndarray]]:
+    return [("fc.weight", np.full((2, 3), value, dtype=np.float32))]
+
+
+def start(state_dir: Path, key: SigningKey = KEY) -> RunLedger:
+    return RunLedger.start(
+        state_dir,
+        key,
+        config=CONFIG,
+        initial=model(0.0),
+        model_validity=timedelta(hours=1),
+        pipeline="mean",
+    )
+
+
+def resume(state_dir: Path, config: dict[str, object] | None = None) -> RunLedger:
+    return RunLedger.resume(
+        state_dir,
+        KEY,
+        config=CONFIG if config is None else config,
+        model_validity=timedelta(hours=1),
+        pipeline="mean",
+    )
+
+
+def commit_state(ledger: RunLedger, server_round: int) -> None:
+    ledger.commit_state(
+        CoordinatorState(
+            run_id=ledger.run_id,
+            round=server_round,
+            model_digest=ledger.model_digest,
+            audit_head="0:" + "0" * 64,
+            config=CONFIG,
+            sampler={},
+            aggregation_generator="00",
+        )
+    )
+
+
+@pytest.fixture
+def committed(tmp_path: Path) -> Path:
+    """A run with rounds 0 and 1 committed (state file names round 1), closed."""
+    state_dir = tmp_path / "state"
+    ledger = start(state_dir)
+    commit_state(ledger, 0)
+    ledger.commit_model(1, model(1.0), participants=(1, 2), refused=())
+    ledger.round_completed(1)
+    commit_state(ledger, 1)
+    ledger.close()
+    return state_dir
+
+
+def kinds(ledger: RunLedger) -> list[AuditEventKind]:
+    return [record.kind for record in ledger.audit.records()]
+
+
+def test_a_resume_continues_from_the_committed_model_and_round(committed: Path) -> None:
+    ledger = resume(committed)
+    assert ledger.state is not None
+    assert ledger.state.round == 1
+    np.testing.assert_array_equal(ledger.load_current()[0][1], model(1.0)[0][1])
+    assert kinds(ledger)[-1] == AuditEventKind.RUN_RESUMED
+
+
+def test_a_model_written_after_the_state_commit_is_set_aside_and_named(committed: Path) -> None:
+    ledger = resume(committed)
+    orphan = ledger.commit_model(2, model(2.0), participants=(1,), refused=())
+    ledger.close()  # killed before the state named round 2
+    ledger = resume(committed)
+    assert ledger.model_digest != orphan.digest
+    assert orphan.digest not in ledger.store
+    assert (committed / "set-aside" / orphan.digest / "manifest.json").is_file()
+    (reconciled,) = [r for r in ledger.audit.records() if r.kind == AuditEventKind.RECONCILED]
+    assert reconciled.details["models_set_aside"] == [orphan.digest]
+    # RUN_RESUMED and MODEL_COMMITTED of the first resume lie beyond the state's head.
+    assert reconciled.details["audit_records_after_state"] == 2
+
+
+def test_a_resume_with_another_configuration_records_each_change(committed: Path) -> None:
+    ledger = resume(committed, {**CONFIG, "pipeline": "median"})
+    (change,) = [r for r in ledger.audit.records() if r.kind == AuditEventKind.CONFIG_CHANGED]
+    assert change.details == {"setting": "pipeline", "old": "mean", "new": "median"}
+
+
+def test_a_new_run_refuses_a_folder_that_holds_one(committed: Path) -> None:
+    with pytest.raises(LedgerError, match="already holds a run"):
+        start(committed)
+
+
+def test_a_truncated_state_file_is_refused_naming_it(committed: Path) -> None:
+    path = committed / STATE_FILE
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(StateFileError, match="truncated or corrupted") as error:
+        resume(committed)
+    assert error.value.path == path
+
+
+def test_an_edited_state_file_is_refused_naming_it(committed: Path) -> None:
+    path = committed / STATE_FILE
+    path.write_text(path.read_text().replace('"round": 1', '"round": 2'))
+    with pytest.raises(StateFileError, match="checksum mismatch") as error:
+        resume(committed)
+    assert error.value.path == path
+
+
+def test_a_missing_state_file_is_refused_not_taken_for_a_fresh_start(committed: Path) -> None:
+    (committed / STATE_FILE).unlink()
+    with pytest.raises(StateFileError, match="missing") as error:
+        resume(committed)
+    assert error.value.path == committed / STATE_FILE
+
+
+def test_a_corrupted_model_file_is_refused_naming_it(committed: Path) -> None:
+    ledger = resume(committed)
+    digest = ledger.model_digest
+    ledger.close()
+    tensor = committed / MODELS_DIR / digest / "tensors" / "000000.safetensors"
+    data = bytearray(tensor.read_bytes())
+    data[-1] ^= 0xFF
+    tensor.write_bytes(bytes(data))
+    with pytest.raises(ModelStoreError) as error:
+        resume(committed)
+    assert error.value.path == tensor
+
+
+def test_a_truncated_audit_log_is_refused_naming_it(committed: Path) -> None:
+    path = committed / AUDIT_FILE
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises((AuditLogError, LedgerError), match=str(path)):
+        resume(committed)
+
+
+def test_an_audit_log_cut_below_the_states_head_is_refused_naming_it(committed: Path) -> None:
+    path = committed / AUDIT_FILE
+    connection = sqlite3.connect(path)
+    connection.execute("DROP TRIGGER audit_records_no_delete")
+    connection.execute("DELETE FROM audit_records WHERE seq = (SELECT MAX(seq) FROM audit_records)")
+    connection.commit()
+    connection.close()
+    with pytest.raises(LedgerError, match=f"{path}.*anchor_missing"):
+        resume(committed)
+
+
+def test_a_model_not_signed_by_the_configured_key_is_refused(committed: Path) -> None:
+    with pytest.raises(LedgerError, match="not signed by the configured signing key"):
+        RunLedger.resume(
+            committed,
+            generate_signing_key(),
+            config=CONFIG,
+            model_validity=timedelta(hours=1),
+            pipeline="mean",
+        )
