@@ -38,7 +38,7 @@ from ztfl.trust.audit import (
     AuditLogError,
     verify_audit_log,
 )
-from ztfl.trust.keys import SigningKey, VerifyingKey, write_verifying_key
+from ztfl.trust.keys import SigningKey, VerifyingKey, read_verifying_key, write_verifying_key
 from ztfl.trust.manifest import RefusedUpdate as ManifestRefusal
 from ztfl.trust.model_store import ModelStore, ModelStoreError
 from ztfl.trust.refusal import ModelRefusal, ModelRefusalReason
@@ -96,6 +96,10 @@ def prepare_state_dir(state_dir: Path, public_key: VerifyingKey) -> str:
     key_path = state_dir / PUBLIC_KEY_FILE
     if not key_path.exists():
         write_verifying_key(public_key, key_path)
+    elif read_verifying_key(key_path) != public_key:
+        raise LedgerError(
+            f"{key_path}: the folder was prepared for another signing key; its clients pin that one"
+        )
     write_trust_anchor(state_dir / TRUST_ANCHOR_FILE, run_id, [Path(PUBLIC_KEY_FILE)])
     return run_id
 

@@ -403,3 +403,17 @@ def test_a_node_gets_the_chain_from_the_model_it_reported_accepting(grid: Loopba
     assert all(_signed(m).manifest.round == 1 for m in second)
     assert all(not record.verification_failures for record in coordinator.history.rounds)
     assert coordinator.history.rounds[-1].accepted_nodes == NODE_IDS
+
+
+def test_a_node_that_missed_rounds_gets_the_chain_of_manifests_it_missed(
+    grid: LoopbackGrid,
+) -> None:
+    coordinator = make_coordinator(num_rounds=5, clients_per_round=2)
+    for server_round in range(1, 6):
+        coordinator.run_round(grid, server_round)
+    chains = [
+        m.content.config_records[protocol.MANIFEST_KEY].get(protocol.CHAIN, []) for m in grid.sent
+    ]
+    assert any(len(chain) >= 1 for chain in chains)  # type: ignore[arg-type]
+    assert all(not record.verification_failures for record in coordinator.history.rounds)
+    assert all(len(record.accepted_nodes) == 2 for record in coordinator.history.rounds)

@@ -7,6 +7,7 @@ that names it — never taken for a fresh start.
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
 from datetime import timedelta
 from pathlib import Path
@@ -182,3 +183,11 @@ def test_a_model_not_signed_by_the_configured_key_is_refused(committed: Path) ->
             model_validity=timedelta(hours=1),
             pipeline="mean",
         )
+
+
+def test_a_folder_prepared_for_another_signing_key_is_refused(committed: Path) -> None:
+    (committed / STATE_FILE).unlink()
+    (committed / AUDIT_FILE).unlink()
+    shutil.rmtree(committed / MODELS_DIR)
+    with pytest.raises(LedgerError, match="another signing key"):
+        start(committed, generate_signing_key())

@@ -8,6 +8,8 @@ message to the real simulation ClientApp with the node's ``Context`` (its
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
+from datetime import timedelta
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,10 +32,13 @@ from flwr.supercore.task_identity import TaskIdentity
 from ztfl.client import protocol
 from ztfl.client.models import build_model
 from ztfl.client.trainer import model_weights
+from ztfl.client.trust_anchor import write_trust_anchor
 from ztfl.simulations.adversary import SIMULATION_KEY, AdversarialGrid, DataShare
 from ztfl.simulations.attacks import alie_z_max, resolve_attack
 from ztfl.simulations.client_app import build_simulation_client_app
 from ztfl.simulations.datasets import digits_training_pool
+from ztfl.trust.keys import generate_signing_key, write_verifying_key
+from ztfl.trust.signing import build_manifest, sign_manifest
 
 NUM_CLIENTS = 6
 NUM_BYZANTINE = 2
@@ -130,9 +135,24 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
+SIGNING_KEY = generate_signing_key()
+RUN_ID = "adversarial-grid-tests"
+_ANCHOR_FILES: list[Path] = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def trust_anchor_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The anchor the simulated clients pin: ``RUN_ID`` and ``SIGNING_KEY``'s public key."""
+    folder = tmp_path_factory.mktemp("anchor")
+    write_verifying_key(SIGNING_KEY.public_key(), folder / "coordinator.pub.pem")
+    write_trust_anchor(folder / "trust-anchor.toml", RUN_ID, [Path("coordinator.pub.pem")])
+    _ANCHOR_FILES[:] = [folder / "trust-anchor.toml"]
+    return _ANCHOR_FILES[0]
+
+
 def adversary(attack: str, *, seed: int = 0) -> AdversarialGrid:
     inner = LoopbackGrid(
-        build_simulation_client_app(),
+        build_simulation_client_app(_ANCHOR_FILES[0]),
         {node: {"partition-id": part} for part, node in NODE_OF_PARTITION.items()},
     )
     return AdversarialGrid(
@@ -147,6 +167,12 @@ def adversary(attack: str, *, seed: int = 0) -> AdversarialGrid:
 def train_messages(message_type: str = MessageType.TRAIN) -> list[Message]:
     """The coordinator's round-1 messages to every node, in an order unrelated to partitions."""
     weights = model_weights(build_model("mlp", seed=0))
+    manifest = build_manifest(
+        list(weights.items()), run_id=RUN_ID, round=0, parent_digest=None, pipeline="mean",
+        participants=(), refused=(), privacy=None, audit_head="0:" + "0" * 64,
+        valid_for=timedelta(hours=1),
+    )  # fmt: skip
+    signed = sign_manifest(manifest, SIGNING_KEY).to_bytes()
     config: dict[str, int | float | str] = {
         protocol.ROUND: 1, protocol.MODEL: "mlp", protocol.LOCAL_EPOCHS: 1,
         protocol.LEARNING_RATE: 0.05, protocol.BATCH_SIZE: 16, protocol.SEED: 0,
@@ -159,6 +185,7 @@ def train_messages(message_type: str = MessageType.TRAIN) -> list[Message]:
                         {n: Array(v) for n, v in weights.items()}
                     ),
                     protocol.CONFIG_KEY: ConfigRecord(dict(config)),
+                    protocol.MANIFEST_KEY: ConfigRecord({protocol.SIGNED_MANIFEST: signed}),
                 }
             ),
             dst_node_id=node,
