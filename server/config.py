@@ -58,7 +58,7 @@ class CoordinatorConfig:
     model_validity_hours: float = 24.0
     """How long a signed global model stays valid for clients."""
     revocation_list: str = ""
-    """Optional signed revocation list (``ztfl.trust.revocation.sign_revocation_list``) sent with every broadcast."""
+    """Optional signed revocation list (``sign_revocation_list``), sent with every broadcast."""
 
     def __post_init__(self) -> None:
         checks = {
