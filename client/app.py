@@ -10,8 +10,11 @@ input the client could not check.
 Before any weights are loaded, :func:`verify_broadcast` checks the global
 model against the node's own trust anchor (``trust-anchor`` in its node
 config): the coordinator's signature, the ztfl run, validity, revocation, the
-lineage from the last model this node accepted (kept in ``Context.state``)
-and the tensor bytes. A node without an anchor refuses every round.
+lineage from the last model this node accepted and the tensor bytes. A node
+without an anchor refuses every round. The lineage is kept per ztfl run in a
+file under ``lineage-dir`` when the node config names one (it outlives a
+coordinator restart, see :mod:`ztfl.client.lineage_file`) and in Flower's
+``Context.state``, which lasts one Flower run.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -41,6 +45,13 @@ from ztfl.trust.verification import LineageState, TrustAnchor, verify_model
 
 from . import protocol
 from .data import ClientData, DatasetConfigError, load_node_data
+from .lineage_file import (
+    LineageFileError,
+    lineage_file,
+    node_lineage_dir,
+    read_lineage_file,
+    write_lineage_file,
+)
 from .models import UnknownModelError, build_model
 from .trainer import TrainingConfig, evaluate, load_weights, train_update
 from .trust_anchor import TrustAnchorError, node_trust_anchor
@@ -50,6 +61,9 @@ logger = logging.getLogger(__name__)
 ContextDataLoader = Callable[[Context], ClientData]
 AnchorLoader = Callable[[Context], TrustAnchor]
 """Where a node's trust anchor comes from: by default its node config (``trust-anchor``)."""
+
+LineageDirLoader = Callable[[Context], Path | None]
+"""Where a node keeps its lineage files: by default its node config (``lineage-dir``), or None."""
 
 LINEAGE_STATE_KEY = "ztfl.lineage"
 """``Context.state`` ConfigRecord: per ztfl run id, the LineageState JSON of this node."""
@@ -67,6 +81,11 @@ class ClientRefusal(Exception):  # noqa: N818 — a refusal carried to the reply
 def node_config_anchor(context: Context) -> TrustAnchor:
     """The trust anchor the node's configuration names (``trust-anchor``)."""
     return node_trust_anchor(context.node_config)
+
+
+def node_config_lineage_dir(context: Context) -> Path | None:
+    """The lineage folder the node's configuration names (``lineage-dir``), if any."""
+    return node_lineage_dir(context.node_config)
 
 
 def build_client_app(
@@ -95,25 +114,33 @@ def run_verified(
     context: Context,
     load_anchor: AnchorLoader,
     handle: Callable[[], Message],
+    *,
+    load_lineage_dir: LineageDirLoader = node_config_lineage_dir,
 ) -> Message:
     """Verify the broadcast model, then run ``handle``; every refusal becomes an error reply.
 
-    The new lineage state is stored in ``context.state`` only after the
-    handler succeeded, and the reply tells the coordinator which model this
-    node accepted (so it can send the next chain from there).
+    The new lineage state is stored (lineage file, then ``context.state``)
+    only after the handler succeeded, and the reply tells the coordinator
+    which model this node accepted (so it can send the next chain from there).
+    A lineage file that cannot be read or written is a MALFORMED_LINEAGE_STATE
+    refusal naming the file.
     """
     try:
         try:
             anchor = load_anchor(context)
         except TrustAnchorError as error:
             raise ClientRefusal(protocol.ClientErrorCode.NO_TRUST_ANCHOR, str(error)) from error
-        lineage = verify_broadcast(message, anchor, read_lineage(context, anchor.run_id))
+        try:
+            folder = load_lineage_dir(context)
+        except LineageFileError as error:
+            raise _lineage_file_refusal(error) from error
+        lineage = verify_broadcast(message, anchor, read_lineage(context, anchor.run_id, folder))
         reply = handle()
+        write_lineage(context, anchor.run_id, lineage, folder)
     except ClientRefusal as refusal:
         return refusal_reply(message, refusal)
     except DatasetConfigError as error:
         return refusal_reply(message, ClientRefusal(protocol.ClientErrorCode.NO_DATA, str(error)))
-    write_lineage(context, anchor.run_id, lineage)
     if reply.has_content() and lineage.last is not None:
         reply.content[protocol.LINEAGE_KEY] = ConfigRecord(
             {protocol.ACCEPTED_DIGEST: lineage.last.digest}
@@ -121,8 +148,20 @@ def run_verified(
     return reply
 
 
-def read_lineage(context: Context, run_id: str) -> LineageState:
-    """This node's lineage state for ``run_id`` (empty on first contact)."""
+def read_lineage(context: Context, run_id: str, folder: Path | None = None) -> LineageState:
+    """This node's lineage state for ``run_id`` (empty on first contact).
+
+    From the run's file in ``folder`` when there is one, else from
+    ``Context.state``. Raises ClientRefusal(MODEL_MALFORMED_LINEAGE_STATE)
+    for a file or record that exists but cannot be read.
+    """
+    if folder is not None:
+        try:
+            stored = read_lineage_file(lineage_file(folder, run_id))
+        except LineageFileError as error:
+            raise _lineage_file_refusal(error) from error
+        if stored is not None:
+            return stored
     record = context.state.config_records.get(LINEAGE_STATE_KEY)
     data = None if record is None else record.get(run_id)
     if not isinstance(data, bytes):
@@ -133,13 +172,28 @@ def read_lineage(context: Context, run_id: str) -> LineageState:
         raise _model_refusal(refusal) from refusal
 
 
-def write_lineage(context: Context, run_id: str, lineage: LineageState) -> None:
-    """Keep ``lineage`` for ``run_id`` in the node's ``Context.state`` (Flower keeps it per run)."""
+def write_lineage(
+    context: Context, run_id: str, lineage: LineageState, folder: Path | None = None
+) -> None:
+    """Keep ``lineage`` for ``run_id`` in ``folder``'s file (if any) and in ``Context.state``.
+
+    The file outlives the Flower run; ``Context.state`` does not (Flower keeps
+    it per run).
+    """
+    if folder is not None:
+        try:
+            write_lineage_file(lineage_file(folder, run_id), lineage)
+        except LineageFileError as error:
+            raise _lineage_file_refusal(error) from error
     record = context.state.config_records.get(LINEAGE_STATE_KEY)
     if record is None:
         record = ConfigRecord()
         context.state[LINEAGE_STATE_KEY] = record
     record[run_id] = lineage.to_json()
+
+
+def _lineage_file_refusal(error: LineageFileError) -> ClientRefusal:
+    return ClientRefusal(protocol.ClientErrorCode.MODEL_MALFORMED_LINEAGE_STATE, str(error))
 
 
 def verify_broadcast(message: Message, anchor: TrustAnchor, lineage: LineageState) -> LineageState:

@@ -44,6 +44,7 @@ from ztfl.trust.model_store import ModelStore, ModelStoreError
 from ztfl.trust.refusal import ModelRefusal, ModelRefusalReason
 from ztfl.trust.revocation import RevocationList
 from ztfl.trust.signing import SignedManifest, build_manifest, sign_manifest
+from ztfl.trust.verification import MAX_CHAIN
 
 from .run_state import CoordinatorState, StateFileError, read_state, write_state
 
@@ -345,21 +346,23 @@ class RunLedger:
     def chain_for(self, accepted_digest: str | None) -> list[SignedManifest]:
         """What a node that last accepted ``accepted_digest`` needs to reach the current model.
 
-        Nothing for a first contact (an unknown node, or a digest not in this
-        lineage): a client with no lineage accepts any model of its run.
+        Nothing when the node accepted the current model or its parent. For a
+        node whose accepted model is unknown here (``None``: a first contact,
+        or a node that came back under a new node id, as simulated nodes do
+        after a resume) or not in this lineage: the whole lineage before the
+        current model, newest ``MAX_CHAIN`` at most, so a client that kept its
+        lineage across a coordinator restart finds its accepted model in it.
         """
-        if accepted_digest is None or accepted_digest == self.model_digest:
+        if accepted_digest == self.model_digest:
             return []
         chain: list[SignedManifest] = []
         digest: str | None = self.signed_manifest(self.model_digest).manifest.parent_digest
-        while digest is not None and digest != accepted_digest:
+        while digest is not None and digest != accepted_digest and len(chain) < MAX_CHAIN:
             if digest not in self._manifests and digest not in self.store:
-                return []
+                break
             signed = self.signed_manifest(digest)
             chain.append(signed)
             digest = signed.manifest.parent_digest
-        if digest is None:
-            return []
         chain.reverse()
         return chain
 

@@ -6,7 +6,9 @@ a data attack, then runs exactly what a real client runs: verification of the
 signed model against its trust anchor, then the handlers. Flower's
 ``run_simulation`` gives simulated nodes no node config of their own, so the
 runner provisions the anchor file and hands its path to this app (the
-simulation's stand-in for ``--node-config trust-anchor=…``).
+simulation's stand-in for ``--node-config trust-anchor=…``), and likewise a
+lineage folder per simulated node (``lineage-dir``), so a resumed simulation's
+clients remember what they accepted before the coordinator stopped.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from ztfl.client.app import (
     handle_evaluate,
     handle_train,
     node_config_anchor,
+    node_config_lineage_dir,
     run_verified,
 )
 from ztfl.client.data import ClientData
@@ -36,11 +39,16 @@ from .attacks import resolve_attack
 from .datasets import PartitionError, load_digits_partition
 
 
-def build_simulation_client_app(trust_anchor: Path | None = None) -> ClientApp:
+def build_simulation_client_app(
+    trust_anchor: Path | None = None, lineage_root: Path | None = None
+) -> ClientApp:
     """A ClientApp for Flower's simulation engine, pinning the anchor in ``trust_anchor``.
 
     The file is read for every message: the runner rewrites it when one
-    simulation session moves on to the next run (a new ztfl run id).
+    simulation session moves on to the next run (a new ztfl run id). With
+    ``lineage_root`` each simulated node keeps its lineage files in
+    ``<lineage_root>/partition-<id>`` (simulated node ids change from one
+    session to the next; partition ids do not).
     """
     client_app = ClientApp()
 
@@ -48,6 +56,11 @@ def build_simulation_client_app(trust_anchor: Path | None = None) -> ClientApp:
         if trust_anchor is None:
             return node_config_anchor(context)
         return read_trust_anchor(trust_anchor)
+
+    def load_lineage_dir(context: Context) -> Path | None:
+        if lineage_root is None:
+            return node_config_lineage_dir(context)
+        return lineage_root / f"partition-{_partition_id(context)}"
 
     @client_app.train()
     def train(message: Message, context: Context) -> Message:
@@ -59,14 +72,20 @@ def build_simulation_client_app(trust_anchor: Path | None = None) -> ClientApp:
             _reseed(message, context)
             return handle_train(message, _simulated_data(message, context))
 
-        return _tag(run_verified(message, context, load_anchor, handle), context)
+        return _tag(
+            run_verified(message, context, load_anchor, handle, load_lineage_dir=load_lineage_dir),
+            context,
+        )
 
     @client_app.evaluate()
     def evaluate(message: Message, context: Context) -> Message:
         def handle() -> Message:
             return handle_evaluate(message, _simulated_data(message, context, honest=True))
 
-        return _tag(run_verified(message, context, load_anchor, handle), context)
+        return _tag(
+            run_verified(message, context, load_anchor, handle, load_lineage_dir=load_lineage_dir),
+            context,
+        )
 
     return client_app
 

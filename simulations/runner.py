@@ -8,7 +8,8 @@ the simulated adversary. Ray is shut down by Flower when the session ends.
 Every run signs its models and keeps an audit log, like a deployment. The
 session's state folder (``<run folder>/state``) holds one model-signing key
 pair (the private key 0600), the trust anchor the simulated clients pin, and
-one state folder per run (``runs/000``, ``runs/001``, …). With ``resume``
+one state folder per run (``runs/000``, ``runs/001``, …), and each simulated
+client's lineage files (``lineage/partition-<id>/<ztfl run id>.json``). With ``resume``
 finished runs are read back from their state and an interrupted one continues
 from its last committed round.
 """
@@ -92,6 +93,7 @@ def holdout_evaluation(model_name: str) -> Callable[[dict[str, np.ndarray]], dic
 SIGNING_KEY_FILE = "signing-key.pem"
 CURRENT_ANCHOR_FILE = "trust-anchor.toml"
 RUNS_DIR = "runs"
+LINEAGE_DIR = "lineage"
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,11 @@ class SessionFiles:
     def trust_anchor(self) -> Path:
         """The anchor the simulated clients pin: the current run's id and the public key."""
         return self.root / CURRENT_ANCHOR_FILE
+
+    @property
+    def lineage(self) -> Path:
+        """The simulated clients' lineage folders, one per partition (``lineage-dir``)."""
+        return self.root / LINEAGE_DIR
 
     def run_state(self, index: int) -> Path:
         """The state folder of the plan's ``index``-th run."""
@@ -256,7 +263,9 @@ def run_plan(
     init_args.update(ray_init_args or {})
     run_simulation(
         server_app=server_app,
-        client_app=build_simulation_client_app(files.trust_anchor.resolve()),
+        client_app=build_simulation_client_app(
+            files.trust_anchor.resolve(), lineage_root=files.lineage.resolve()
+        ),
         num_supernodes=scenario.num_clients,
         backend_config={
             "client_resources": {"num_cpus": 1, "num_gpus": 0.0},

@@ -39,13 +39,15 @@ TEST_ANCHOR = TrustAnchor(TEST_RUN_ID, (COORDINATOR_KEY.public_key(),))
 """The anchor the test nodes pin."""
 
 
-def sign_weights(arrays: Mapping[str, np.ndarray], *, server_round: int = 0) -> SignedManifest:
-    """The coordinator's signed manifest for ``arrays`` (a lineage root of ``TEST_RUN_ID``)."""
+def sign_weights(
+    arrays: Mapping[str, np.ndarray], *, server_round: int = 0, parent_digest: str | None = None
+) -> SignedManifest:
+    """The coordinator's signed manifest for ``arrays`` of ``TEST_RUN_ID`` (a root by default)."""
     manifest = build_manifest(
         list(arrays.items()),
         run_id=TEST_RUN_ID,
         round=server_round,
-        parent_digest=None,
+        parent_digest=parent_digest,
         pipeline="mean",
         participants=(),
         refused=(),
@@ -54,6 +56,12 @@ def sign_weights(arrays: Mapping[str, np.ndarray], *, server_round: int = 0) -> 
         valid_for=timedelta(hours=1),
     )
     return sign_manifest(manifest, COORDINATOR_KEY)
+
+
+@pytest.fixture
+def sign_model() -> Callable[..., SignedManifest]:
+    """``sign_weights``: sign a model of ``TEST_RUN_ID`` as the test coordinator does."""
+    return sign_weights
 
 
 @pytest.fixture

@@ -64,13 +64,27 @@ EMPTY_NODE_IDS = frozenset({104, 105})
 class LoopbackGrid(Grid):
     """Flower's Grid contract in one process: every message goes straight to a ClientApp."""
 
-    def __init__(self, client_app: ClientApp, node_ids: Iterable[int]) -> None:
+    def __init__(
+        self,
+        client_app: ClientApp,
+        node_ids: Iterable[int],
+        *,
+        lineage_dirs: Mapping[int, Path] | None = None,
+        flower_run_id: int = 1,
+    ) -> None:
         self._client_app = client_app
+
+        def node_config(node_id: int) -> dict[str, bool | float | int | str]:
+            config: dict[str, bool | float | int | str] = {"trust-anchor": str(anchor_file())}
+            if lineage_dirs is not None:
+                config["lineage-dir"] = str(lineage_dirs[node_id])
+            return config
+
         self._contexts = {
             node_id: Context(
-                run_id=1,
+                run_id=flower_run_id,
                 node_id=node_id,
-                node_config={"trust-anchor": str(anchor_file())},
+                node_config=node_config(node_id),
                 state=RecordDict(),
                 run_config={},
             )
@@ -417,3 +431,112 @@ def test_a_node_that_missed_rounds_gets_the_chain_of_manifests_it_missed(
     assert any(len(chain) >= 1 for chain in chains)  # type: ignore[arg-type]
     assert all(not record.verification_failures for record in coordinator.history.rounds)
     assert all(len(record.accepted_nodes) == 2 for record in coordinator.history.rounds)
+
+
+# ------------------------------------------------------------------ a coordinator restart
+
+
+def _run_and_resume(
+    node_data: Mapping[int, ClientData], run_folder: Path, resumed_node_ids: tuple[int, ...]
+) -> tuple[Coordinator, LoopbackGrid, dict[int, str], list[Path]]:
+    """Three rounds, a stop, and three more rounds from the resumed state in a new Flower run.
+
+    Two of five nodes per round, so most nodes miss rounds on either side of the restart.
+    Each node keeps its lineage in its own folder; ``resumed_node_ids`` are the ids the same
+    five nodes come back under. Returns the resumed coordinator, its grid, the node digests
+    the state recorded before the stop, and the nodes' lineage folders.
+    """
+    folders = [run_folder / "lineage" / f"node-{index}" for index in range(len(NODE_IDS))]
+    data = list(node_data.values())
+    config = CoordinatorConfig(
+        num_rounds=6,
+        clients_per_round=2,
+        min_nodes=1,
+        pipeline="mean",
+        local_epochs=1,
+        seed=0,
+        federated_evaluation=False,
+        node_wait_timeout_s=0.05,
+    )
+    initial = model_weights(build_model("mlp", seed=0))
+    ledger = make_ledger(config, initial)
+    state_dir = ledger.state_dir
+    before = LoopbackGrid(
+        build_client_app(lambda context: data[NODE_IDS.index(context.node_id)]),
+        NODE_IDS,
+        lineage_dirs=dict(zip(NODE_IDS, folders, strict=True)),
+    )
+    coordinator = Coordinator(config, initial, ledger=ledger)
+    for server_round in (1, 2, 3):
+        coordinator.run_round(before, server_round)
+    ledger.close()
+    resumed = open_ledger(config, initial, state_dir=state_dir, key=SIGNING_KEY, resume=True)
+    assert resumed.state is not None
+    recorded = {int(node): digest for node, digest in resumed.state.node_digests.items()}
+    after = LoopbackGrid(
+        build_client_app(lambda context: data[resumed_node_ids.index(context.node_id)]),
+        resumed_node_ids,
+        lineage_dirs=dict(zip(resumed_node_ids, folders, strict=True)),
+        flower_run_id=2,
+    )
+    coordinator = Coordinator(config, initial, ledger=resumed)
+    for server_round in (4, 5, 6):
+        coordinator.run_round(after, server_round)
+    resumed.close()
+    return coordinator, after, recorded, folders
+
+
+def _assert_lineage_files_continue_through_the_restart(
+    coordinator: Coordinator, folders: list[Path]
+) -> None:
+    store = coordinator.ledger.store
+    committed = {
+        signed.digest: signed.manifest.round
+        for signed in store.chain(None, coordinator.ledger.model_digest)
+    }
+    spanning = 0
+    for folder in folders:
+        if not folder.exists():
+            continue  # never sampled
+        (path,) = folder.iterdir()
+        accepted = LineageState.from_json(path.read_bytes()).accepted
+        rounds = [item.round for item in accepted]
+        assert all(committed.get(item.digest) == item.round for item in accepted), path
+        assert rounds == sorted(rounds), path
+        # Train rounds 1–3 broadcast the models of rounds 0–2; after the restart, 3–5.
+        spanning += min(rounds) < 3 <= max(rounds)
+    assert spanning, "no node accepted models on both sides of the restart"
+    assert all(not record.verification_failures for record in coordinator.history.rounds)
+    assert all(len(record.accepted_nodes) == 2 for record in coordinator.history.rounds)
+
+
+def test_after_a_resume_nodes_get_the_chain_from_the_digest_the_state_recorded(
+    node_data: Mapping[int, ClientData], run_folder: Path
+) -> None:
+    coordinator, grid, recorded, folders = _run_and_resume(node_data, run_folder, NODE_IDS)
+    assert recorded, "the state recorded no node's accepted model"
+    first_after: dict[int, Message] = {}
+    for message in grid.sent:
+        if message.metadata.message_type == MessageType.TRAIN:
+            first_after.setdefault(message.metadata.dst_node_id, message)
+    chains_checked = 0
+    for node_id, message in first_after.items():
+        chain = message.content.config_records[protocol.MANIFEST_KEY].get(protocol.CHAIN, [])
+        parent = _signed(message).manifest.parent_digest
+        if node_id in recorded and recorded[node_id] not in (parent, _signed(message).digest):
+            assert isinstance(chain, list)
+            assert chain
+            first = SignedManifest.from_bytes(chain[0])  # type: ignore[arg-type]
+            assert first.manifest.parent_digest == recorded[node_id]
+            chains_checked += 1
+    assert chains_checked, "no node needed a chain after the resume"
+    _assert_lineage_files_continue_through_the_restart(coordinator, folders)
+
+
+def test_nodes_back_under_new_ids_after_a_resume_find_their_lineage_in_the_full_chain(
+    node_data: Mapping[int, ClientData], run_folder: Path
+) -> None:
+    """As simulated nodes do: Flower gives them new node ids in every session."""
+    new_ids = tuple(node_id + 1000 for node_id in NODE_IDS)
+    coordinator, _, _, folders = _run_and_resume(node_data, run_folder, new_ids)
+    _assert_lineage_files_continue_through_the_restart(coordinator, folders)

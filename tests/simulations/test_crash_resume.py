@@ -29,6 +29,7 @@ from ztfl.server.run_state import read_state
 from ztfl.simulations.runner import SessionFiles
 from ztfl.trust.audit import AuditEventKind, AuditHead, AuditLog, verify_audit_log
 from ztfl.trust.model_store import ModelStore
+from ztfl.trust.verification import LineageState
 
 pytestmark = pytest.mark.slow
 
@@ -169,6 +170,32 @@ def test_the_audit_chain_verifies_against_every_signed_manifest(runs: dict[str, 
     verification = verify_audit_log(state_dir / "audit.db", anchors)
     assert verification.ok, verification.detail
     assert verification.anchors_checked == ROUNDS + 1
+
+
+def test_each_clients_lineage_file_continues_through_every_restart(
+    runs: dict[str, object],
+) -> None:
+    """Each resume is a new simulation session (a new Flower run, new node ids): the clients'
+    lineage files carried what they accepted, and every model after a restart descended from it.
+    """
+    run_dir = runs["crashed"]
+    assert isinstance(run_dir, Path)
+    state_dir = _state_dir(run_dir)
+    run_id = (state_dir / "run-id").read_text().strip()
+    store = ModelStore(state_dir / "models")
+    committed = {
+        signed.digest: signed.manifest.round
+        for signed in store.chain(None, read_state(state_dir / STATE_FILE).model_digest)
+    }
+    files = sorted(SessionFiles(run_dir / "state").lineage.glob(f"partition-*/{run_id}.json"))
+    assert len(files) == 3
+    for path in files:
+        accepted = LineageState.from_json(path.read_bytes()).accepted
+        # Training rounds 1–4 broadcast the models of rounds 0–3, across four sessions.
+        assert [item.round for item in accepted] == list(range(ROUNDS)), path
+        assert all(committed.get(item.digest) == item.round for item in accepted), path
+    history = read_state(state_dir / STATE_FILE).history["rounds"]
+    assert all(not item["verification_failures"] for item in history)
 
 
 def test_the_resumed_run_writes_its_outputs(runs: dict[str, object]) -> None:
