@@ -199,11 +199,11 @@ class ModelStore:
             raise ModelStoreError(error.path, str(error).removeprefix(f"{error.path}: ")) from error
         return [(record.name, array) for record, array in zip(records, arrays, strict=True)], signed
 
-    def entries(self) -> list[ModelManifest]:
-        """Manifests of all stored models, by round then creation time."""
+    def digests(self) -> list[str]:
+        """The digests of the stored model folders (their names; nothing inside is read)."""
         if not self.root.is_dir():
             return []
-        manifests = []
+        found = []
         for folder in self.root.iterdir():
             if folder.name == _STAGING or not folder.is_dir():
                 continue
@@ -211,7 +211,12 @@ class ModelStore:
                 require_digest(folder.name, "folder")
             except ValueError:
                 continue  # not a model folder
-            manifests.append(self.signed_manifest(folder.name).manifest)
+            found.append(folder.name)
+        return sorted(found)
+
+    def entries(self) -> list[ModelManifest]:
+        """Manifests of all stored models, by round then creation time."""
+        manifests = [self.signed_manifest(digest).manifest for digest in self.digests()]
         return sorted(manifests, key=lambda item: (item.round, item.created_at, item.digest))
 
     def chain(self, from_digest: str | None, to_digest: str) -> list[SignedManifest]:

@@ -5,10 +5,14 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import shutil
 import sqlite3
+from datetime import timedelta
 from pathlib import Path
 
+import numpy as np
 import pytest
+from click.testing import Result
 from typer.testing import CliRunner
 
 from ztfl.cli.main import app
@@ -19,6 +23,9 @@ from ztfl.trust.audit import (
     canonical_json,
     export_jsonl,
 )
+from ztfl.trust.keys import SigningKey, generate_signing_key, write_verifying_key
+from ztfl.trust.model_store import ModelStore
+from ztfl.trust.signing import build_manifest, sign_manifest
 
 RUN = "run-1"
 runner = CliRunner()
@@ -150,3 +157,122 @@ def test_exported_lines_let_a_siem_recompute_every_hash(log_path: Path) -> None:
         assert fields["prev_hash"] == previous
         assert hashlib.sha256(canonical_json(fields).encode()).hexdigest() == stored
         previous = stored
+
+
+# ------------------------------------------------------------------ anchors from a model store
+
+STORE_KEY = generate_signing_key()
+"""The coordinator's model-signing key: the store's manifests are signed with it."""
+
+
+def model(value: float) -> list[tuple[str, np.ndarray]]:
+    return [("fc.weight", np.full((2, 3), value, dtype=np.float32))]
+
+
+def commit(
+    store: ModelStore,
+    server_round: int,
+    audit_head: str,
+    parent: str | None,
+    key: SigningKey = STORE_KEY,
+) -> str:
+    """Sign and store a model of ``RUN`` whose manifest anchors ``audit_head``; its digest."""
+    manifest = build_manifest(
+        model(float(server_round)),
+        run_id=RUN,
+        round=server_round,
+        parent_digest=parent,
+        pipeline="mean",
+        participants=(),
+        refused=(),
+        privacy=None,
+        audit_head=audit_head,
+        valid_for=timedelta(hours=1),
+    )
+    signed = sign_manifest(manifest, key)
+    store.commit(model(float(server_round)), signed)
+    return signed.digest
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Path:
+    """A run's state folder as the coordinator leaves it: log, signed models, public key."""
+    state = tmp_path / "state"
+    state.mkdir()
+    write_verifying_key(STORE_KEY.public_key(), state / "coordinator.pub.pem")
+    store = ModelStore(state / "models")
+    parent = None
+    with AuditLog.open(state / "audit.db", create=True) as log:
+        log.append(AuditEventKind.RUN_STARTED, run_id=RUN)
+        for server_round in range(3):
+            parent = commit(store, server_round, str(log.head), parent)
+            log.append(AuditEventKind.MODEL_COMMITTED, run_id=RUN, round=server_round)
+    return state
+
+
+def verify_store(state: Path, *keys: Path) -> Result:
+    arguments = ["audit", "verify", str(state / "audit.db"), "--store", str(state / "models")]
+    for key in keys:
+        arguments += ["--public-key", str(key)]
+    return runner.invoke(app, arguments)
+
+
+def forge_manifest(state: Path) -> str:
+    """Replace round 2's manifest by one anchoring an earlier head, re-signed with another key.
+
+    The head is a real one of the log, so the chain still verifies against it: only the
+    signature gives the forgery away. Returns the forged manifest's digest.
+    """
+    store = ModelStore(state / "models")
+    (original,) = [m for m in store.entries() if m.round == 2]
+    shutil.rmtree(store.path(original.digest))
+    with AuditLog.open(state / "audit.db", create=False) as log:
+        earlier = next(str(r.head) for r in log.records(start=1))
+    return commit(store, 2, earlier, original.parent_digest, key=generate_signing_key())
+
+
+def test_verify_store_exits_0_when_every_manifest_verifies_against_the_pinned_key(
+    state_dir: Path,
+) -> None:
+    result = verify_store(state_dir, state_dir / "coordinator.pub.pem")
+    assert result.exit_code == 0, result.output
+    assert "anchors checked   3 of 3" in result.output
+    assert "unauthenticated" not in result.output
+
+
+def test_verify_store_exits_1_naming_a_manifest_no_pinned_key_signed(state_dir: Path) -> None:
+    forged = forge_manifest(state_dir)
+    result = verify_store(state_dir, state_dir / "coordinator.pub.pem")
+    assert result.exit_code == 1, result.output
+    assert f"rejected manifest {forged}: unknown_key" in result.output
+    assert "anchors checked   2 of 2" in result.output
+
+
+def test_verify_store_exits_1_naming_a_manifest_whose_audit_head_was_edited_in_place(
+    state_dir: Path,
+) -> None:
+    store = ModelStore(state_dir / "models")
+    (target,) = [m for m in store.entries() if m.round == 1]
+    manifest_file = store.path(target.digest) / "manifest.json"
+    text = manifest_file.read_text()
+    manifest_file.write_text(text.replace(target.audit_head, "1:" + "0" * 64))
+    result = verify_store(state_dir, state_dir / "coordinator.pub.pem")
+    assert result.exit_code == 1, result.output
+    assert f"rejected manifest {target.digest}" in result.output
+
+
+def test_verify_store_without_a_key_warns_that_its_anchors_are_unauthenticated(
+    state_dir: Path,
+) -> None:
+    forge_manifest(state_dir)
+    result = verify_store(state_dir)
+    assert result.exit_code == 0, result.output
+    assert "anchors are unauthenticated" in result.output
+
+
+def test_verify_exits_2_for_a_public_key_without_a_store(log_path: Path) -> None:
+    key = log_path.parent / "coordinator.pub.pem"
+    write_verifying_key(STORE_KEY.public_key(), key)
+    result = runner.invoke(app, ["audit", "verify", str(log_path), "--public-key", str(key)])
+    assert result.exit_code == 2
+    assert "--store" in result.output
