@@ -65,6 +65,17 @@ class Pipeline:
         return " -> ".join(spec.describe() for spec in self.specs)
 
     @property
+    def stated(self) -> str:
+        """Self-contained statement for the signed manifest: every step with its effective
+        parameters (defaults included) and the declared number of Byzantine clients, e.g.
+        ``nnm -> trimmed_mean(beta=None); num_byzantine=4``."""
+        steps = []
+        for spec, step in zip(self.specs, (*self.pre_steps, self.rule), strict=True):
+            params = {name: getattr(step, name) for name in step_parameters(type(step))}
+            steps.append(StepSpec(spec.name, params).describe())
+        return f"{' -> '.join(steps)}; num_byzantine={self.num_byzantine}"
+
+    @property
     def preserves_rows(self) -> bool:
         """Whether row i of the final rule's input still belongs to client i (no bucketing)."""
         return not any(isinstance(step, Bucketing) for step in self.pre_steps)

@@ -64,7 +64,7 @@ def open_ledger(
 ) -> RunLedger:
     """Start the run in ``state_dir`` (committing the initial model as round 0), or resume it."""
     validity = timedelta(hours=config.model_validity_hours)
-    pipeline = config.build_pipeline().description
+    pipeline = config.build_pipeline().stated  # what the signed manifests record
     revocation_list = Path(config.revocation_list) if config.revocation_list else None
     if resume:
         return RunLedger.resume(

@@ -169,3 +169,16 @@ def test_negative_num_byzantine_is_refused() -> None:
 def test_out_of_range_parameter_is_refused_when_built(description: str) -> None:
     with pytest.raises(PipelineConfigError):
         build_pipeline(description, num_byzantine=0)
+
+
+def test_the_stated_pipeline_names_every_default_and_the_byzantine_count() -> None:
+    pipeline = build_pipeline("bucketing -> nnm -> trimmed_mean", num_byzantine=4)
+    assert (
+        pipeline.stated
+        == "bucketing(bucket_size=2) -> nnm -> trimmed_mean(beta=None); num_byzantine=4"
+    )
+
+
+def test_the_stated_pipeline_shows_configured_parameters_as_the_step_holds_them() -> None:
+    pipeline = build_pipeline("clip(max_norm=2) -> median", num_byzantine=1)
+    assert pipeline.stated == "clip(max_norm=2.0) -> median; num_byzantine=1"

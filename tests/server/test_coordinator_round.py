@@ -405,6 +405,14 @@ def test_the_broadcast_model_verifies_under_the_nodes_trust_anchor(grid: Loopbac
     assert lineage.last.round == 0
 
 
+def test_the_signed_manifest_states_the_pipeline_with_its_parameters(grid: LoopbackGrid) -> None:
+    coordinator = make_coordinator(pipeline="nnm -> trimmed_mean", num_byzantine=1, min_nodes=5)
+    coordinator.run_round(grid, 1)
+    manifest = coordinator.ledger.signed_manifest(coordinator.ledger.model_digest).manifest
+    assert manifest.pipeline == "nnm -> trimmed_mean(beta=None); num_byzantine=1"
+    assert _signed(grid.sent[0]).manifest.pipeline == manifest.pipeline
+
+
 def test_a_node_gets_the_chain_from_the_model_it_reported_accepting(grid: LoopbackGrid) -> None:
     coordinator = make_coordinator(num_rounds=3)
     for server_round in (1, 2):
