@@ -1,4 +1,4 @@
-"""``ztfl model``: generate the model-signing key, verify a signed model folder."""
+"""``ztfl model``: the model-signing key (generate, rotate), revocation lists, verification."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import typer
 
 app = typer.Typer(
     name="model",
-    help="Signed global models: generate the signing key, verify a model folder.",
+    help="Signed global models: generate, rotate the signing key, revoke models, verify a folder.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,
@@ -63,6 +63,44 @@ def keygen(
     typer.echo(f"private key: {out} (mode 0600)")
     typer.echo(f"public key:  {public_path} (pin this on clients)")
     typer.echo(f"key id:      {key.key_id}")
+
+
+def _refuse_existing(path: Path, what: str) -> None:
+    if path.exists():
+        typer.echo(f"error: {path} already exists; refusing to overwrite {what}", err=True)
+        raise typer.Exit(code=2)
+
+
+@app.command()
+def rotate(
+    old_key: Annotated[
+        Path, typer.Argument(help="The current private signing key (the one clients pin).")
+    ],
+    new_key: Annotated[Path, typer.Argument(help="The successor's public key (KEY.pub).")],
+    out: Annotated[Path, typer.Option("--out", help="Rotation statement file to create.")],
+    passphrase_env: Annotated[
+        str | None,
+        typer.Option(help="Decrypt OLD_KEY with the passphrase in this environment variable."),
+    ] = None,
+) -> None:
+    """Sign, with OLD_KEY, the statement that hands trust over to NEW_KEY (for key-rotations)."""
+    from ztfl.trust.keys import SigningKeyError, read_signing_key, read_verifying_key
+    from ztfl.trust.rotation import rotate_key
+
+    _refuse_existing(out, "a rotation statement")
+    passphrase = _passphrase(passphrase_env)
+    try:
+        old = read_signing_key(old_key, passphrase)
+        rotation = rotate_key(old, read_verifying_key(new_key))
+        with out.open("xb") as handle:
+            handle.write(rotation.to_bytes())
+    except (SigningKeyError, OSError) as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(code=2) from error
+    typer.echo(f"rotation:  {out}")
+    typer.echo(f"from key:  {old.key_id}")
+    typer.echo(f"to key:    {rotation.new_key.key_id}")
+    typer.echo("add it to key-rotations and set signing-key to the new private key")
 
 
 @app.command()

@@ -40,6 +40,7 @@ from flwr.clientapp import ClientApp
 
 from ztfl.trust.refusal import ModelRefusal, ModelRefusalReason
 from ztfl.trust.revocation import RevocationList
+from ztfl.trust.rotation import KeyRotation
 from ztfl.trust.signing import SignedManifest
 from ztfl.trust.verification import LineageState, TrustAnchor, verify_model
 
@@ -230,6 +231,14 @@ def verify_broadcast(message: Message, anchor: TrustAnchor, lineage: LineageStat
                     ModelRefusalReason.BAD_REVOCATION_LIST, "revocation list is not bytes"
                 )
             revocations = RevocationList.from_bytes(revocation_bytes)
+        rotation_bytes = record.get(protocol.ROTATIONS, [])
+        if not isinstance(rotation_bytes, list) or not all(
+            isinstance(item, bytes) for item in rotation_bytes
+        ):
+            raise ModelRefusal(
+                ModelRefusalReason.BAD_ROTATION, "key rotations are not a list of bytes"
+            )
+        rotations = [KeyRotation.from_bytes(item) for item in rotation_bytes]  # type: ignore[arg-type]
         arrays = _received_arrays(content.array_records[protocol.GLOBAL_MODEL_KEY])
         return verify_model(
             arrays,
@@ -238,6 +247,7 @@ def verify_broadcast(message: Message, anchor: TrustAnchor, lineage: LineageStat
             lineage=lineage,
             chain=chain,
             revocations=revocations,
+            rotations=rotations,
         )
     except ModelRefusal as refusal:
         raise _model_refusal(refusal) from refusal

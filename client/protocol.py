@@ -22,10 +22,13 @@ METRICS_KEY = "metrics"
 MANIFEST_KEY = "ztfl.manifest"
 """ConfigRecord with the global model's provenance, coordinator → client: ``SIGNED_MANIFEST``
 (bytes), optionally ``CHAIN`` (the signed manifests between the node's last accepted model and
-this one, oldest first) and ``REVOCATIONS`` (the coordinator's newest signed revocation list)."""
+this one, oldest first), ``REVOCATIONS`` (the coordinator's newest signed revocation list) and
+``ROTATIONS`` (key-rotation statements, as a list of bytes, leading from the pinned key to the
+one that signed the model)."""
 SIGNED_MANIFEST = "signed-manifest"
 CHAIN = "chain"
 REVOCATIONS = "revocation-list"
+ROTATIONS = "key-rotations"
 LINEAGE_KEY = "ztfl.lineage"
 """ConfigRecord in a successful reply, client → coordinator: ``ACCEPTED_DIGEST``, the digest of
 the model the client verified (the coordinator sends the next chain from there)."""

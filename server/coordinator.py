@@ -74,6 +74,7 @@ def open_ledger(
             model_validity=validity,
             pipeline=pipeline,
             revocation_list=revocation_list,
+            key_rotations=config.key_rotation_paths(),
         )
     return RunLedger.start(
         state_dir,
@@ -83,6 +84,7 @@ def open_ledger(
         model_validity=validity,
         pipeline=pipeline,
         revocation_list=revocation_list,
+        key_rotations=config.key_rotation_paths(),
     )
 
 
@@ -312,7 +314,8 @@ class Coordinator:
         return tuple(failures)
 
     def _manifest_record(self, node_id: int, revocations: bytes | None) -> ConfigRecord:
-        """The signed manifest, and the chain from the node's last accepted model."""
+        """The signed manifest, the chain from the node's last accepted model, revocations and
+        the key rotations that lead from the pinned key to the signing key."""
         signed = self.ledger.signed_manifest(self.ledger.model_digest)
         record = ConfigRecord({protocol.SIGNED_MANIFEST: signed.to_bytes()})
         chain = self.ledger.chain_for(self._node_digests.get(node_id))
@@ -320,6 +323,9 @@ class Coordinator:
             record[protocol.CHAIN] = [link.to_bytes() for link in chain]
         if revocations is not None:
             record[protocol.REVOCATIONS] = revocations
+        rotations = self.ledger.rotations()
+        if rotations:
+            record[protocol.ROTATIONS] = rotations
         return record
 
     def _train_messages(self, nodes: Iterable[int], server_round: int) -> list[Message]:

@@ -43,7 +43,13 @@ from ztfl.trust.manifest import RefusedUpdate as ManifestRefusal
 from ztfl.trust.model_store import ModelStore, ModelStoreError
 from ztfl.trust.refusal import ModelRefusal, ModelRefusalReason
 from ztfl.trust.revocation import RevocationList
-from ztfl.trust.signing import SignedManifest, build_manifest, sign_manifest
+from ztfl.trust.rotation import KeyRotation, trusted_keys
+from ztfl.trust.signing import (
+    SignedManifest,
+    build_manifest,
+    sign_manifest,
+    verify_signed_manifest,
+)
 from ztfl.trust.verification import MAX_CHAIN
 
 from .run_state import CoordinatorState, StateFileError, read_state, write_state
@@ -79,11 +85,46 @@ class Reconciliation:
         return bool(self.set_aside or self.audit_records_after_state or self.staging_removed)
 
 
-def prepare_state_dir(state_dir: Path, public_key: VerifyingKey) -> str:
+def read_key_rotations(paths: Sequence[Path]) -> tuple[KeyRotation, ...]:
+    """Parse the rotation statement files (``key-rotations``); LedgerError names a bad one."""
+    rotations = []
+    for path in paths:
+        try:
+            rotations.append(KeyRotation.from_bytes(path.read_bytes()))
+        except (OSError, ModelRefusal) as error:
+            raise LedgerError(f"{path}: unusable key-rotation statement: {error}") from None
+    return tuple(rotations)
+
+
+def signing_key_trust(
+    pinned: VerifyingKey, key: VerifyingKey, rotations: Sequence[KeyRotation]
+) -> tuple[VerifyingKey, ...]:
+    """The keys clients that pin ``pinned`` trust through ``rotations``; ``key`` must be one.
+
+    Raises LedgerError when a statement is forged or leads from no trusted key,
+    or when the chain does not reach ``key``: clients would refuse its models.
+    """
+    try:
+        trusted = trusted_keys([pinned], rotations)
+    except ModelRefusal as refusal:
+        raise LedgerError(f"key-rotations: {refusal.message}") from None
+    if key.key_id not in {item.key_id for item in trusted}:
+        raise LedgerError(
+            f"signing key {key.key_id[:16]}… is neither the key clients pin "
+            f"({PUBLIC_KEY_FILE}, {pinned.key_id[:16]}…) nor reached from it by key-rotations; "
+            "clients would refuse its models (docs/signing.md, Rotation)"
+        )
+    return trusted
+
+
+def prepare_state_dir(
+    state_dir: Path, public_key: VerifyingKey, rotations: Sequence[KeyRotation] = ()
+) -> str:
     """Give a new state folder its run id and the anchor clients pin; returns the run id.
 
     Idempotent: an existing run id is kept, so an operator can provision clients
-    before the coordinator first starts.
+    before the coordinator first starts. A folder prepared for another key is
+    refused unless ``rotations`` lead from that key to ``public_key``.
     """
     state_dir.mkdir(parents=True, exist_ok=True)
     run_id_path = state_dir / RUN_ID_FILE
@@ -98,9 +139,12 @@ def prepare_state_dir(state_dir: Path, public_key: VerifyingKey) -> str:
     if not key_path.exists():
         write_verifying_key(public_key, key_path)
     elif read_verifying_key(key_path) != public_key:
-        raise LedgerError(
-            f"{key_path}: the folder was prepared for another signing key; its clients pin that one"
-        )
+        if not rotations:
+            raise LedgerError(
+                f"{key_path}: the folder was prepared for another signing key; its clients pin "
+                "that one (configure key-rotations to it from that key)"
+            )
+        signing_key_trust(read_verifying_key(key_path), public_key, rotations)
     write_trust_anchor(state_dir / TRUST_ANCHOR_FILE, run_id, [Path(PUBLIC_KEY_FILE)])
     return run_id
 
@@ -128,6 +172,7 @@ class RunLedger:
         model_validity: timedelta,
         pipeline: str,
         revocation_list: Path | None = None,
+        rotations: Sequence[KeyRotation] = (),
     ) -> None:
         self.state_dir = state_dir
         self.run_id = run_id
@@ -135,6 +180,10 @@ class RunLedger:
         self.store = ModelStore(state_dir / MODELS_DIR)
         self._key = key
         self._public_key = key.public_key()
+        self._rotations = tuple(rotations)
+        self._trusted_keys = signing_key_trust(
+            read_verifying_key(state_dir / PUBLIC_KEY_FILE), self._public_key, self._rotations
+        )
         self._validity = model_validity
         self._pipeline = pipeline
         self._revocation_list = revocation_list
@@ -154,6 +203,7 @@ class RunLedger:
         model_validity: timedelta,
         pipeline: str,
         revocation_list: Path | None = None,
+        key_rotations: Sequence[Path] = (),
     ) -> RunLedger:
         """Begin a new run in ``state_dir``; refuses a folder that already holds one.
 
@@ -167,7 +217,8 @@ class RunLedger:
                     f"{state_dir / name}: the state folder already holds a run; resume it "
                     "(ztfl simulate --resume / run config resume=true) or choose a new folder"
                 )
-        run_id = prepare_state_dir(state_dir, key.public_key())
+        rotations = read_key_rotations(key_rotations)
+        run_id = prepare_state_dir(state_dir, key.public_key(), rotations)
         audit = AuditLog.open(state_dir / AUDIT_FILE, create=True)
         ledger = cls(
             state_dir,
@@ -177,6 +228,7 @@ class RunLedger:
             model_validity=model_validity,
             pipeline=pipeline,
             revocation_list=revocation_list,
+            rotations=rotations,
         )
         audit.append(
             AuditEventKind.RUN_STARTED,
@@ -199,13 +251,17 @@ class RunLedger:
         model_validity: timedelta,
         pipeline: str,
         revocation_list: Path | None = None,
+        key_rotations: Sequence[Path] = (),
     ) -> RunLedger:
         """Continue the run in ``state_dir`` from its state file; reconcile what lies beyond it.
 
         Raises LedgerError (or StateFileError / AuditLogError / ModelStoreError,
         all naming the file) when the state, the log or the current model is
-        missing, truncated, corrupted or was not signed by ``key``.
+        missing, truncated, corrupted or was not signed by ``key`` or a key that
+        ``key_rotations`` lead to from the pinned key; LedgerError when they do not
+        lead to ``key``.
         """
+        rotations = read_key_rotations(key_rotations)
         state = read_state(state_dir / STATE_FILE)
         run_id = _read_run_id(state_dir / RUN_ID_FILE)
         if state.run_id != run_id:
@@ -229,16 +285,18 @@ class RunLedger:
             model_validity=model_validity,
             pipeline=pipeline,
             revocation_list=revocation_list,
+            rotations=rotations,
         )
         ledger.state = state
         ledger.model_digest = state.model_digest
         try:
-            ledger.store.load(state.model_digest, keys=[key.public_key()])
+            _, current = ledger.store.load(state.model_digest, keys=ledger._trusted_keys)
         except ModelRefusal as refusal:
             raise LedgerError(
-                f"{ledger.store.path(state.model_digest)}: not signed by the configured "
-                f"signing key ({refusal.message})"
+                f"{ledger.store.path(state.model_digest)}: signed by neither the pinned key nor "
+                f"a key rotated to ({refusal.message})"
             ) from None
+        previous_key = verify_signed_manifest(current, ledger._trusted_keys)
         reconciliation = ledger._reconcile(verification.head.seq - head.seq)
         audit.append(
             AuditEventKind.RUN_RESUMED,
@@ -246,6 +304,17 @@ class RunLedger:
             round=state.round,
             details={"model_digest": state.model_digest, "state_audit_head": state.audit_head},
         )
+        if previous_key.key_id != ledger._public_key.key_id:
+            audit.append(
+                AuditEventKind.KEY_ROTATED,
+                run_id=run_id,
+                round=state.round,
+                details={
+                    "previous_key_id": previous_key.key_id,
+                    "signing_key_id": ledger._public_key.key_id,
+                    "rotations": len(rotations),
+                },
+            )
         if reconciliation.changed:
             audit.append(
                 AuditEventKind.RECONCILED,
@@ -299,7 +368,7 @@ class RunLedger:
     # ------------------------------------------------------------ models
     def load_current(self) -> list[tuple[str, np.ndarray]]:
         """The current global model, every byte checked against its signed manifest."""
-        arrays, _ = self.store.load(self.model_digest, keys=[self._public_key])
+        arrays, _ = self.store.load(self.model_digest, keys=self._trusted_keys)
         return arrays
 
     def commit_model(
@@ -366,6 +435,10 @@ class RunLedger:
         chain.reverse()
         return chain
 
+    def rotations(self) -> list[bytes]:
+        """The configured key-rotation statements (checked at start), as sent to clients."""
+        return [rotation.to_bytes() for rotation in self._rotations]
+
     def revocations(self) -> bytes | None:
         """The configured revocation list's bytes (checked against the coordinator's key)."""
         if self._revocation_list is None:
@@ -373,7 +446,7 @@ class RunLedger:
         try:
             data = self._revocation_list.read_bytes()
             revocation = RevocationList.from_bytes(data)
-            revocation.verify([self._public_key])
+            revocation.verify(self._trusted_keys)
         except (OSError, ModelRefusal) as error:
             raise LedgerError(
                 f"{self._revocation_list}: unusable revocation list: {error}"
@@ -467,4 +540,6 @@ __all__ = [
     "RunLedger",
     "StateFileError",
     "prepare_state_dir",
+    "read_key_rotations",
+    "signing_key_trust",
 ]

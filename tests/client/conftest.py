@@ -25,7 +25,7 @@ from ztfl.client.models import build_model
 from ztfl.client.trainer import model_weights
 from ztfl.client.trust_anchor import write_trust_anchor
 from ztfl.simulations.datasets import load_digits_partition
-from ztfl.trust.keys import generate_signing_key, write_verifying_key
+from ztfl.trust.keys import SigningKey, generate_signing_key, write_verifying_key
 from ztfl.trust.signing import SignedManifest, build_manifest, sign_manifest
 from ztfl.trust.verification import TrustAnchor
 
@@ -62,6 +62,12 @@ def sign_weights(
 def sign_model() -> Callable[..., SignedManifest]:
     """``sign_weights``: sign a model of ``TEST_RUN_ID`` as the test coordinator does."""
     return sign_weights
+
+
+@pytest.fixture
+def coordinator_key() -> SigningKey:
+    """The test coordinator's (pinned) model-signing key."""
+    return COORDINATOR_KEY
 
 
 @pytest.fixture

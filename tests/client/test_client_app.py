@@ -15,7 +15,9 @@ from ztfl.client import protocol
 from ztfl.client.app import LINEAGE_STATE_KEY, app, build_client_app, load_context_data
 from ztfl.client.data import ClientData, DatasetConfigError
 from ztfl.simulations.datasets import load_digits_partition
-from ztfl.trust.signing import SignedManifest
+from ztfl.trust.keys import SigningKey, generate_signing_key
+from ztfl.trust.rotation import rotate_key
+from ztfl.trust.signing import SignedManifest, sign_manifest
 from ztfl.trust.verification import LineageState, TrustAnchor
 
 RoundMessage = Callable[..., Message]
@@ -145,3 +147,58 @@ def test_an_accepted_model_is_remembered_in_the_node_state_and_reported(
     lineage = LineageState.from_json(stored)  # type: ignore[arg-type]
     assert lineage.last is not None
     assert lineage.last.digest == digest
+
+
+# ------------------------------------------------------------------ key rotation
+
+
+NEW_KEY = generate_signing_key()
+"""The coordinator's successor key; the test nodes still pin ``coordinator_key``."""
+
+
+def _signed_by_new_key(message: Message) -> Message:
+    """``message`` with its model signed by ``NEW_KEY`` instead of the pinned key."""
+    record = message.content.config_records[protocol.MANIFEST_KEY]
+    manifest = SignedManifest.from_bytes(record[protocol.SIGNED_MANIFEST]).manifest  # type: ignore[arg-type]
+    record[protocol.SIGNED_MANIFEST] = sign_manifest(manifest, NEW_KEY).to_bytes()
+    return message
+
+
+def _with_rotations(message: Message, rotations: list[bytes]) -> Message:
+    message.content.config_records[protocol.MANIFEST_KEY][protocol.ROTATIONS] = rotations
+    return message
+
+
+def test_a_node_pinning_the_old_key_accepts_a_model_of_the_new_key_through_the_rotation(
+    round_message: RoundMessage, pinned_app: ClientApp, coordinator_key: SigningKey
+) -> None:
+    rotation = rotate_key(coordinator_key, NEW_KEY.public_key())
+    message = _with_rotations(_signed_by_new_key(round_message()), [rotation.to_bytes()])
+    reply = pinned_app(message, node_context({}))
+    assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
+
+
+def test_a_model_of_the_new_key_without_the_rotation_is_refused_as_an_unknown_key(
+    round_message: RoundMessage, pinned_app: ClientApp
+) -> None:
+    reply = pinned_app(_signed_by_new_key(round_message()), node_context({}))
+    assert reply.error.code == int(protocol.ClientErrorCode.MODEL_UNKNOWN_KEY)
+
+
+def test_a_rotation_not_signed_by_a_pinned_key_is_refused_as_a_bad_rotation(
+    round_message: RoundMessage, pinned_app: ClientApp
+) -> None:
+    forged = rotate_key(generate_signing_key(), NEW_KEY.public_key())
+    message = _with_rotations(_signed_by_new_key(round_message()), [forged.to_bytes()])
+    reply = pinned_app(message, node_context({}))
+    assert reply.error.code == int(protocol.ClientErrorCode.MODEL_BAD_ROTATION)
+
+
+@pytest.mark.parametrize("rotations", [[b"not a statement"], "text", [1]])
+def test_malformed_rotations_are_refused_as_a_bad_rotation(
+    round_message: RoundMessage, pinned_app: ClientApp, rotations: object
+) -> None:
+    message = round_message()
+    message.content.config_records[protocol.MANIFEST_KEY][protocol.ROTATIONS] = rotations  # type: ignore[assignment]
+    reply = pinned_app(message, node_context({}))
+    assert reply.error.code == int(protocol.ClientErrorCode.MODEL_BAD_ROTATION)

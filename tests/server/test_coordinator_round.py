@@ -32,9 +32,10 @@ from ztfl.client.trust_anchor import write_trust_anchor
 from ztfl.server.config import CoordinatorConfig
 from ztfl.server.coordinator import Coordinator, NotEnoughNodesError, open_ledger
 from ztfl.server.history import RoundRecord
-from ztfl.server.ledger import PUBLIC_KEY_FILE, RunLedger
+from ztfl.server.ledger import PUBLIC_KEY_FILE, LedgerError, RunLedger, prepare_state_dir
 from ztfl.simulations.datasets import digits_holdout, load_digits_partition
 from ztfl.trust.keys import generate_signing_key
+from ztfl.trust.rotation import KeyRotation, rotate_key
 from ztfl.trust.signing import SignedManifest
 from ztfl.trust.verification import LineageState, TrustAnchor, verify_model
 
@@ -548,3 +549,74 @@ def test_nodes_back_under_new_ids_after_a_resume_find_their_lineage_in_the_full_
     new_ids = tuple(node_id + 1000 for node_id in NODE_IDS)
     coordinator, _, _, folders = _run_and_resume(node_data, run_folder, new_ids)
     _assert_lineage_files_continue_through_the_restart(coordinator, folders)
+
+
+# ------------------------------------------------------------------ key rotation
+
+
+def _rotated_coordinator(run_folder: Path, rotation: KeyRotation | None) -> Coordinator:
+    """A coordinator that signs with ``NEW_KEY`` in a folder whose clients pin ``SIGNING_KEY``."""
+    state_dir = run_folder / "rotated-state"
+    prepare_state_dir(state_dir, SIGNING_KEY.public_key())
+    write_trust_anchor(
+        anchor_file(), (state_dir / "run-id").read_text().strip(), [state_dir / PUBLIC_KEY_FILE]
+    )
+    settings: dict[str, object] = {}
+    if rotation is not None:
+        statement = run_folder / "rotation.json"
+        statement.write_bytes(rotation.to_bytes())
+        settings["key_rotations"] = f" {statement} ,"
+    config = CoordinatorConfig(
+        num_rounds=1,
+        min_nodes=1,
+        pipeline="mean",
+        local_epochs=1,
+        seed=0,
+        federated_evaluation=False,
+        **settings,  # type: ignore[arg-type]
+    )
+    initial = model_weights(build_model("mlp", seed=0))
+    ledger = open_ledger(config, initial, state_dir=state_dir, key=NEW_KEY, resume=False)
+    return Coordinator(config, initial, ledger=ledger)
+
+
+NEW_KEY = generate_signing_key()
+
+
+def test_nodes_pinning_the_old_key_follow_the_rotation_the_coordinator_sends(
+    grid: LoopbackGrid, run_folder: Path
+) -> None:
+    rotation = rotate_key(SIGNING_KEY, NEW_KEY.public_key())
+    coordinator = _rotated_coordinator(run_folder, rotation)
+    record = coordinator.run_round(grid, 1)
+    assert not record.verification_failures
+    assert record.accepted_nodes == NODE_IDS
+    for message in grid.sent:
+        manifest_record = message.content.config_records[protocol.MANIFEST_KEY]
+        assert manifest_record[protocol.ROTATIONS] == [rotation.to_bytes()]
+
+
+def test_a_coordinator_whose_key_the_pinned_key_does_not_reach_refuses_to_start(
+    run_folder: Path,
+) -> None:
+    with pytest.raises(LedgerError, match="prepared for another signing key"):
+        _rotated_coordinator(run_folder, None)
+
+
+def test_a_coordinator_refuses_a_rotation_that_leads_from_no_pinned_key(
+    run_folder: Path,
+) -> None:
+    stray = rotate_key(generate_signing_key(), NEW_KEY.public_key())
+    with pytest.raises(LedgerError, match="no pinned key reaches"):
+        _rotated_coordinator(run_folder, stray)
+
+
+def test_a_coordinator_refuses_a_key_rotations_file_that_is_no_statement(
+    run_folder: Path,
+) -> None:
+    bad = run_folder / "bad.json"
+    bad.write_text("{}")
+    config = CoordinatorConfig(min_nodes=1, pipeline="mean", key_rotations=str(bad))
+    initial = model_weights(build_model("mlp", seed=0))
+    with pytest.raises(LedgerError, match=r"bad\.json: unusable key-rotation statement"):
+        open_ledger(config, initial, state_dir=run_folder / "s", key=SIGNING_KEY, resume=False)

@@ -26,6 +26,8 @@ from ztfl.server.run_state import CoordinatorState, StateFileError
 from ztfl.trust.audit import AuditEventKind, AuditLogError
 from ztfl.trust.keys import SigningKey, generate_signing_key
 from ztfl.trust.model_store import ModelStoreError
+from ztfl.trust.rotation import rotate_key
+from ztfl.trust.signing import verify_signed_manifest
 
 KEY = generate_signing_key()
 CONFIG = {"pipeline": "mean", "num-server-rounds": 3}
@@ -174,8 +176,8 @@ def test_an_audit_log_cut_below_the_states_head_is_refused_naming_it(committed: 
         resume(committed)
 
 
-def test_a_model_not_signed_by_the_configured_key_is_refused(committed: Path) -> None:
-    with pytest.raises(LedgerError, match="not signed by the configured signing key"):
+def test_a_resume_under_a_key_the_pinned_key_does_not_reach_is_refused(committed: Path) -> None:
+    with pytest.raises(LedgerError, match="neither the key clients pin"):
         RunLedger.resume(
             committed,
             generate_signing_key(),
@@ -191,3 +193,37 @@ def test_a_folder_prepared_for_another_signing_key_is_refused(committed: Path) -
     shutil.rmtree(committed / MODELS_DIR)
     with pytest.raises(LedgerError, match="another signing key"):
         start(committed, generate_signing_key())
+
+
+# ------------------------------------------------------------------ key rotation
+
+NEW_KEY = generate_signing_key()
+
+
+def rotation_file(folder: Path) -> Path:
+    path = folder / "rotation.json"
+    path.write_bytes(rotate_key(KEY, NEW_KEY.public_key()).to_bytes())
+    return path
+
+
+def resume_with(state_dir: Path, key: SigningKey, rotations: list[Path]) -> RunLedger:
+    return RunLedger.resume(
+        state_dir,
+        key,
+        config=CONFIG,
+        model_validity=timedelta(hours=1),
+        pipeline="mean",
+        key_rotations=rotations,
+    )
+
+
+def test_a_run_resumes_under_a_rotated_key_and_records_the_rotation(committed: Path) -> None:
+    statement = rotation_file(committed.parent)
+    ledger = resume_with(committed, NEW_KEY, [statement])
+    (rotated,) = [r for r in ledger.audit.records() if r.kind == AuditEventKind.KEY_ROTATED]
+    assert rotated.details["previous_key_id"] == KEY.public_key().key_id
+    assert rotated.details["signing_key_id"] == NEW_KEY.public_key().key_id
+    np.testing.assert_array_equal(ledger.load_current()[0][1], model(1.0)[0][1])
+    signed = ledger.commit_model(2, model(2.0), participants=(1,), refused=())
+    assert verify_signed_manifest(signed, [NEW_KEY.public_key()]) == NEW_KEY.public_key()
+    assert ledger.rotations() == [statement.read_bytes()]

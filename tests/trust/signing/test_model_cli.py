@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from ztfl.cli.main import app
 from ztfl.trust.keys import SigningKey, read_signing_key, write_verifying_key
 from ztfl.trust.model_store import ModelStore
+from ztfl.trust.rotation import KeyRotation, trusted_keys
 from ztfl.trust.signing import SignedManifest
 
 runner = CliRunner()
@@ -138,3 +139,29 @@ def test_verify_reports_a_folder_without_a_signature(tmp_path: Path, key: Signin
     )
     assert result.exit_code == 1
     assert "MALFORMED_MANIFEST" in result.output
+
+
+def test_rotate_writes_a_statement_signed_by_the_old_key_naming_the_new_one(
+    tmp_path: Path,
+) -> None:
+    for name in ("old.pem", "new.pem"):
+        assert runner.invoke(app, ["model", "keygen", str(tmp_path / name)]).exit_code == 0
+    out = tmp_path / "rotation.json"
+    arguments = ["model", "rotate", str(tmp_path / "old.pem"), str(tmp_path / "new.pem.pub")]
+    result = runner.invoke(app, [*arguments, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    old = read_signing_key(tmp_path / "old.pem").public_key()
+    new = read_signing_key(tmp_path / "new.pem").public_key()
+    assert trusted_keys([old], [KeyRotation.from_bytes(out.read_bytes())]) == (old, new)
+
+
+def test_rotate_refuses_to_overwrite_a_statement(tmp_path: Path) -> None:
+    for name in ("old.pem", "new.pem"):
+        assert runner.invoke(app, ["model", "keygen", str(tmp_path / name)]).exit_code == 0
+    out = tmp_path / "rotation.json"
+    out.write_text("keep me")
+    arguments = ["model", "rotate", str(tmp_path / "old.pem"), str(tmp_path / "new.pem.pub")]
+    result = runner.invoke(app, [*arguments, "--out", str(out)])
+    assert result.exit_code == 2
+    assert "refusing to overwrite" in result.output
+    assert out.read_text() == "keep me"
