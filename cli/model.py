@@ -104,6 +104,63 @@ def rotate(
 
 
 @app.command()
+def revoke(
+    digests: Annotated[
+        list[str], typer.Argument(help="Digests of the models to revoke (64 hex characters).")
+    ],
+    key: Annotated[Path, typer.Option("--key", help="The private model-signing key.")],
+    out: Annotated[Path, typer.Option("--out", help="Signed revocation list file to create.")],
+    from_list: Annotated[
+        Path | None,
+        typer.Option(
+            "--from",
+            help="The current list: keep its run and digests, number the new one one past it.",
+        ),
+    ] = None,
+    run_id: Annotated[
+        str | None, typer.Option(help="The ztfl run id (state-dir/run-id); not with --from.")
+    ] = None,
+    sequence: Annotated[
+        int | None, typer.Option(help="The list's number, above any list sent; not with --from.")
+    ] = None,
+    passphrase_env: Annotated[
+        str | None,
+        typer.Option(help="Decrypt KEY with the passphrase in this environment variable."),
+    ] = None,
+) -> None:
+    """Sign a cumulative revocation list naming DIGESTS (for revocation-list)."""
+    from ztfl.trust.keys import SigningKeyError, read_signing_key
+    from ztfl.trust.refusal import ModelRefusal
+    from ztfl.trust.revocation import RevocationList, sign_revocation_list
+
+    _refuse_existing(out, "a revocation list")
+    passphrase = _passphrase(passphrase_env)
+    try:
+        signing_key = read_signing_key(key, passphrase)
+        revoked: set[str] = set(digests)
+        if from_list is not None:
+            if run_id is not None or sequence is not None:
+                raise ValueError("--from sets the run and the sequence; drop --run-id/--sequence")
+            current = RevocationList.from_bytes(from_list.read_bytes())
+            current.verify([signing_key.public_key()])
+            run_id, sequence = current.run_id, current.sequence + 1
+            revoked |= current.digests
+        elif run_id is None or sequence is None:
+            raise ValueError("give --run-id and --sequence, or --from the current list")
+        revocation = sign_revocation_list(run_id, sequence, revoked, signing_key)
+        with out.open("xb") as handle:
+            handle.write(revocation.to_bytes())
+    except (SigningKeyError, ModelRefusal, OSError, ValueError, TypeError) as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(code=2) from error
+    typer.echo(f"revocation list: {out}")
+    typer.echo(
+        f"run {revocation.run_id}, list #{revocation.sequence}, "
+        f"{len(revocation.digests)} model(s) revoked; configure it as revocation-list"
+    )
+
+
+@app.command()
 def verify(
     path: Annotated[Path, typer.Argument(help="Model folder (e.g. <store>/<digest>).")],
     public_key: Annotated[

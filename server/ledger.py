@@ -8,11 +8,13 @@ A state folder holds one ztfl run::
     models/<digest>/       every committed global model with its signed manifest
     set-aside/<digest>/    models written after the last state commit, moved aside on resume
     trust-anchor.toml      what clients pin (run id, public key), with coordinator.pub.pem
+    revocation-list.json   the coordinator's own signed revocation list, when it revoked models
 
 :class:`RunLedger` starts a run (refusing a folder that already holds one) or
 resumes it: it reads the state, checks the audit chain against the head the
 state recorded, sets aside models beyond the commit point and records what it
-reconciled. Every model it commits is signed with the coordinator's key and
+reconciled — and revokes the models it set aside, so nodes that accepted one
+restart their lineage before it. Every model it commits is signed with the coordinator's key and
 names its parent, so a client can verify lineage from any model it accepted.
 """
 
@@ -42,7 +44,7 @@ from ztfl.trust.keys import SigningKey, VerifyingKey, read_verifying_key, write_
 from ztfl.trust.manifest import RefusedUpdate as ManifestRefusal
 from ztfl.trust.model_store import ModelStore, ModelStoreError
 from ztfl.trust.refusal import ModelRefusal, ModelRefusalReason
-from ztfl.trust.revocation import RevocationList
+from ztfl.trust.revocation import RevocationList, sign_revocation_list
 from ztfl.trust.rotation import KeyRotation, trusted_keys
 from ztfl.trust.signing import (
     SignedManifest,
@@ -52,7 +54,13 @@ from ztfl.trust.signing import (
 )
 from ztfl.trust.verification import MAX_CHAIN
 
-from .run_state import CoordinatorState, StateFileError, read_state, write_state
+from .run_state import (
+    CoordinatorState,
+    StateFileError,
+    read_state,
+    write_atomically,
+    write_state,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +71,7 @@ MODELS_DIR = "models"
 SET_ASIDE_DIR = "set-aside"
 TRUST_ANCHOR_FILE = "trust-anchor.toml"
 PUBLIC_KEY_FILE = "coordinator.pub.pem"
+REVOCATION_FILE = "revocation-list.json"
 
 Arrays = Sequence[tuple[str, np.ndarray]]
 
@@ -326,6 +335,10 @@ class RunLedger:
                     "staging_entries_removed": reconciliation.staging_removed,
                 },
             )
+        if reconciliation.set_aside:
+            # A node may have accepted a set-aside model (during federated evaluation);
+            # revoked, it is no lineage anchor, and the node accepts the rerun's model.
+            ledger.revoke(reconciliation.set_aside)
         old = {k: v for k, v in state.config.items() if k != "resume"}
         new = {k: v for k, v in config.items() if k != "resume"}
         for setting in sorted(set(old) | set(new)):
@@ -440,20 +453,71 @@ class RunLedger:
         return [rotation.to_bytes() for rotation in self._rotations]
 
     def revocations(self) -> bytes | None:
-        """The configured revocation list's bytes (checked against the coordinator's key)."""
-        if self._revocation_list is None:
+        """The newest revocation list, as sent to clients; None when there is none.
+
+        The newest of the configured ``revocation-list`` and the coordinator's own
+        (``revocation-list.json``), each checked against the trusted keys and the
+        run. Lists are cumulative: when the newest does not name every digest the
+        other names, the coordinator signs their union as the next list.
+        """
+        known = self._known_revocations()
+        if not known:
             return None
-        try:
-            data = self._revocation_list.read_bytes()
-            revocation = RevocationList.from_bytes(data)
-            revocation.verify(self._trusted_keys)
-        except (OSError, ModelRefusal) as error:
-            raise LedgerError(
-                f"{self._revocation_list}: unusable revocation list: {error}"
-            ) from None
-        if revocation.run_id != self.run_id:
-            raise LedgerError(f"{self._revocation_list}: revocation list of another run")
-        return data
+        newest = max(known, key=lambda item: item.sequence)
+        everything = frozenset().union(*(item.digests for item in known))
+        if newest.digests != everything:
+            newest = self.revoke(())
+        return newest.to_bytes()
+
+    def revoke(self, digests: Sequence[str]) -> RevocationList:
+        """Sign the next cumulative revocation list with ``digests`` added; store and audit it.
+
+        The list numbers one past the newest known list and names every digest
+        revoked so far (configured list included); it is written atomically to
+        ``revocation-list.json`` and sent with every broadcast from then on.
+        """
+        known = self._known_revocations()
+        previous = frozenset().union(*(item.digests for item in known)) if known else frozenset()
+        sequence = max((item.sequence for item in known), default=0) + 1
+        newest = max(known, key=lambda item: item.sequence) if known else None
+        revocation = sign_revocation_list(self.run_id, sequence, previous | set(digests), self._key)
+        write_atomically(self.state_dir / REVOCATION_FILE, revocation.to_bytes())
+        already = newest.digests if newest is not None else frozenset()
+        self.audit.append(
+            AuditEventKind.MODEL_REVOKED,
+            run_id=self.run_id,
+            round=None if self.state is None else self.state.round,
+            details={
+                "models_revoked": sorted(revocation.digests - already),
+                "sequence": sequence,
+                "revocation_list": REVOCATION_FILE,
+            },
+        )
+        logger.warning(
+            "revoked %d model(s); revocation list #%d in %s",
+            len(revocation.digests - already),
+            sequence,
+            self.state_dir / REVOCATION_FILE,
+        )
+        return revocation
+
+    def _known_revocations(self) -> list[RevocationList]:
+        """The configured and the stored revocation lists, each checked; LedgerError if bad."""
+        stored = self.state_dir / REVOCATION_FILE
+        paths = [path for path in (self._revocation_list, stored) if path is not None]
+        known = []
+        for path in paths:
+            if path == stored and not path.exists():
+                continue
+            try:
+                revocation = RevocationList.from_bytes(path.read_bytes())
+                revocation.verify(self._trusted_keys)
+            except (OSError, ModelRefusal) as error:
+                raise LedgerError(f"{path}: unusable revocation list: {error}") from None
+            if revocation.run_id != self.run_id:
+                raise LedgerError(f"{path}: revocation list of another run")
+            known.append(revocation)
+        return known
 
     # ------------------------------------------------------------ events
     def round_started(self, server_round: int, sampled: Sequence[int]) -> None:
@@ -531,6 +595,7 @@ class RunLedger:
 __all__ = [
     "AUDIT_FILE",
     "MODELS_DIR",
+    "REVOCATION_FILE",
     "STATE_FILE",
     "TRUST_ANCHOR_FILE",
     "AuditLogError",

@@ -134,8 +134,12 @@ def _fsync_directory(path: Path) -> None:
 
 def write_state(path: Path, state: CoordinatorState) -> None:
     """Replace ``path`` with ``state`` atomically: temp file, fsync, rename, fsync the folder."""
+    write_atomically(path, state.to_json())
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data``: temporary file (0600), fsync, rename, fsync the folder."""
     temporary = path.with_name(f".{path.name}.tmp")
-    data = state.to_json()
     descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         view = memoryview(data)

@@ -35,6 +35,7 @@ from ztfl.server.history import RoundRecord
 from ztfl.server.ledger import PUBLIC_KEY_FILE, LedgerError, RunLedger, prepare_state_dir
 from ztfl.simulations.datasets import digits_holdout, load_digits_partition
 from ztfl.trust.keys import generate_signing_key
+from ztfl.trust.revocation import RevocationList
 from ztfl.trust.rotation import KeyRotation, rotate_key
 from ztfl.trust.signing import SignedManifest
 from ztfl.trust.verification import LineageState, TrustAnchor, verify_model
@@ -620,3 +621,33 @@ def test_a_coordinator_refuses_a_key_rotations_file_that_is_no_statement(
     initial = model_weights(build_model("mlp", seed=0))
     with pytest.raises(LedgerError, match=r"bad\.json: unusable key-rotation statement"):
         open_ledger(config, initial, state_dir=run_folder / "s", key=SIGNING_KEY, resume=False)
+
+
+# ------------------------------------------------------------------ revoking set-aside models
+
+
+def test_after_a_resume_every_broadcast_carries_the_revocation_of_the_set_aside_model(
+    grid: LoopbackGrid,
+) -> None:
+    coordinator = make_coordinator(num_rounds=2)
+    coordinator.run_round(grid, 1)
+    ledger = coordinator.ledger
+    orphan = ledger.commit_model(
+        2, list(coordinator.global_weights.items()), participants=(), refused=()
+    )
+    ledger.close()  # killed after the model write, before the state commit
+    resumed = open_ledger(
+        coordinator.config,
+        coordinator.global_weights,
+        state_dir=ledger.state_dir,
+        key=SIGNING_KEY,
+        resume=True,
+    )
+    grid.sent.clear()
+    rerun = Coordinator(coordinator.config, coordinator.global_weights, ledger=resumed)
+    record = rerun.run_round(grid, 2)
+    assert not record.verification_failures
+    assert grid.sent
+    for message in grid.sent:
+        sent = message.content.config_records[protocol.MANIFEST_KEY][protocol.REVOCATIONS]
+        assert RevocationList.from_bytes(sent).digests == {orphan.digest}  # type: ignore[arg-type]

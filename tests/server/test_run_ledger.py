@@ -18,6 +18,7 @@ import pytest
 from ztfl.server.ledger import (
     AUDIT_FILE,
     MODELS_DIR,
+    REVOCATION_FILE,
     STATE_FILE,
     LedgerError,
     RunLedger,
@@ -26,8 +27,11 @@ from ztfl.server.run_state import CoordinatorState, StateFileError
 from ztfl.trust.audit import AuditEventKind, AuditLogError
 from ztfl.trust.keys import SigningKey, generate_signing_key
 from ztfl.trust.model_store import ModelStoreError
+from ztfl.trust.refusal import ModelRefusal, ModelRefusalReason
+from ztfl.trust.revocation import RevocationList, sign_revocation_list
 from ztfl.trust.rotation import rotate_key
-from ztfl.trust.signing import verify_signed_manifest
+from ztfl.trust.signing import SignedManifest, verify_signed_manifest
+from ztfl.trust.verification import LineageState, TrustAnchor, verify_model
 
 KEY = generate_signing_key()
 CONFIG = {"pipeline": "mean", "num-server-rounds": 3}
@@ -227,3 +231,106 @@ def test_a_run_resumes_under_a_rotated_key_and_records_the_rotation(committed: P
     signed = ledger.commit_model(2, model(2.0), participants=(1,), refused=())
     assert verify_signed_manifest(signed, [NEW_KEY.public_key()]) == NEW_KEY.public_key()
     assert ledger.rotations() == [statement.read_bytes()]
+
+
+# ------------------------------------------------------------------ revoking set-aside models
+
+
+def accepted_by_a_node(
+    ledger: RunLedger, signed: SignedManifest, lineage: LineageState
+) -> LineageState:
+    """What a node's verification leaves after it accepted ``signed`` (real ``verify_model``)."""
+    arrays, _ = ledger.store.load(signed.digest)
+    anchor = TrustAnchor(ledger.run_id, (KEY.public_key(),))
+    return verify_model(arrays, signed, anchor=anchor, lineage=lineage)
+
+
+def crash_after_model_write(committed: Path) -> tuple[LineageState, str]:
+    """Round 2 is written and evaluated by a node, then the coordinator dies before the state."""
+    ledger = resume(committed)
+    lineage = accepted_by_a_node(
+        ledger, ledger.signed_manifest(ledger.model_digest), LineageState()
+    )
+    orphan = ledger.commit_model(2, model(2.0), participants=(1,), refused=())
+    lineage = accepted_by_a_node(ledger, orphan, lineage)
+    ledger.close()
+    return lineage, orphan.digest
+
+
+def rerun(ledger: RunLedger, lineage: LineageState, *, with_revocations: bool) -> LineageState:
+    """The resumed coordinator's round 2, as the node that accepted the set-aside model gets it."""
+    signed = ledger.commit_model(2, model(2.5), participants=(1, 2), refused=())
+    revocations = ledger.revocations() if with_revocations else None
+    return verify_model(
+        model(2.5),
+        signed,
+        anchor=TrustAnchor(ledger.run_id, (KEY.public_key(),)),
+        lineage=lineage,
+        chain=ledger.chain_for(None),
+        revocations=None if revocations is None else RevocationList.from_bytes(revocations),
+    )
+
+
+def test_a_resume_revokes_the_models_it_set_aside_and_records_it(committed: Path) -> None:
+    _, orphan = crash_after_model_write(committed)
+    ledger = resume(committed)
+    (revoked,) = [r for r in ledger.audit.records() if r.kind == AuditEventKind.MODEL_REVOKED]
+    assert revoked.details == {
+        "models_revoked": [orphan],
+        "sequence": 1,
+        "revocation_list": REVOCATION_FILE,
+    }
+    revocations = ledger.revocations()
+    assert revocations == (committed / REVOCATION_FILE).read_bytes()
+    listed = RevocationList.from_bytes(revocations)
+    assert listed.digests == {orphan}
+    assert listed.verify([KEY.public_key()]) == KEY.public_key()
+
+
+def test_a_node_that_accepted_a_set_aside_model_accepts_the_rerun_with_the_revocation(
+    committed: Path,
+) -> None:
+    lineage, orphan = crash_after_model_write(committed)
+    ledger = resume(committed)
+    after = rerun(ledger, lineage, with_revocations=True)
+    assert after.last is not None
+    assert after.last.digest == ledger.model_digest
+    assert orphan in after.revoked
+
+
+def test_without_the_revocation_the_node_refuses_the_rerun_as_another_model_of_its_round(
+    committed: Path,
+) -> None:
+    lineage, _ = crash_after_model_write(committed)
+    ledger = resume(committed)
+    with pytest.raises(ModelRefusal) as refusal:
+        rerun(ledger, lineage, with_revocations=False)
+    assert refusal.value.reason is ModelRefusalReason.ROUND_DIGEST_MISMATCH
+
+
+def test_the_coordinators_revocation_list_extends_the_configured_one(committed: Path) -> None:
+    configured = committed.parent / "revocations.json"
+    earlier = "e" * 64
+    run_id = (committed / "run-id").read_text().strip()
+    configured.write_bytes(sign_revocation_list(run_id, 3, [earlier], KEY).to_bytes())
+    _, orphan = crash_after_model_write(committed)
+    ledger = RunLedger.resume(
+        committed,
+        KEY,
+        config=CONFIG,
+        model_validity=timedelta(hours=1),
+        pipeline="mean",
+        revocation_list=configured,
+    )
+    listed = RevocationList.from_bytes(ledger.revocations() or b"")
+    assert (listed.sequence, listed.digests) == (4, frozenset({earlier, orphan}))
+
+
+def test_a_later_resume_keeps_sending_the_revocation_without_signing_another(
+    committed: Path,
+) -> None:
+    crash_after_model_write(committed)
+    first = resume(committed).revocations()
+    ledger = resume(committed)
+    assert ledger.revocations() == first
+    assert len([r for r in ledger.audit.records() if r.kind == AuditEventKind.MODEL_REVOKED]) == 1

@@ -12,8 +12,9 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from typer.testing import CliRunner
 
 from ztfl.cli.main import app
-from ztfl.trust.keys import SigningKey, read_signing_key, write_verifying_key
+from ztfl.trust.keys import SigningKey, read_signing_key, write_signing_key, write_verifying_key
 from ztfl.trust.model_store import ModelStore
+from ztfl.trust.revocation import RevocationList, sign_revocation_list
 from ztfl.trust.rotation import KeyRotation, trusted_keys
 from ztfl.trust.signing import SignedManifest
 
@@ -164,4 +165,57 @@ def test_rotate_refuses_to_overwrite_a_statement(tmp_path: Path) -> None:
     result = runner.invoke(app, [*arguments, "--out", str(out)])
     assert result.exit_code == 2
     assert "refusing to overwrite" in result.output
+    assert out.read_text() == "keep me"
+
+
+def test_revoke_signs_a_list_of_the_digests_for_the_run_and_sequence(
+    tmp_path: Path, key: SigningKey
+) -> None:
+    key_file = tmp_path / "key.pem"
+    write_signing_key(key, key_file)
+    out = tmp_path / "revocations.json"
+    arguments = ["--key", str(key_file), "--run-id", "run-7", "--sequence", "3", "--out", str(out)]
+    result = runner.invoke(app, ["model", "revoke", "a" * 64, "b" * 64, *arguments])
+    assert result.exit_code == 0, result.output
+    listed = RevocationList.from_bytes(out.read_bytes())
+    assert (listed.run_id, listed.sequence, listed.digests) == (
+        "run-7",
+        3,
+        frozenset({"a" * 64, "b" * 64}),
+    )
+    assert listed.verify([key.public_key()]) == key.public_key()
+
+
+def test_revoke_from_the_current_list_keeps_its_digests_and_numbers_the_next(
+    tmp_path: Path, key: SigningKey
+) -> None:
+    key_file = tmp_path / "key.pem"
+    write_signing_key(key, key_file)
+    current = tmp_path / "revocations-3.json"
+    current.write_bytes(sign_revocation_list("run-7", 3, ["a" * 64], key).to_bytes())
+    out = tmp_path / "revocations-4.json"
+    arguments = ["--key", str(key_file), "--from", str(current), "--out", str(out)]
+    result = runner.invoke(app, ["model", "revoke", "c" * 64, *arguments])
+    assert result.exit_code == 0, result.output
+    listed = RevocationList.from_bytes(out.read_bytes())
+    assert (listed.run_id, listed.sequence, listed.digests) == (
+        "run-7",
+        4,
+        frozenset({"a" * 64, "c" * 64}),
+    )
+
+
+def test_revoke_refuses_a_malformed_digest_and_an_existing_output(
+    tmp_path: Path, key: SigningKey
+) -> None:
+    key_file = tmp_path / "key.pem"
+    write_signing_key(key, key_file)
+    out = tmp_path / "revocations.json"
+    arguments = ["--key", str(key_file), "--run-id", "run-7", "--sequence", "1", "--out", str(out)]
+    result = runner.invoke(app, ["model", "revoke", "not-a-digest", *arguments])
+    assert result.exit_code == 2
+    assert not out.exists()
+    out.write_text("keep me")
+    result = runner.invoke(app, ["model", "revoke", "a" * 64, *arguments])
+    assert result.exit_code == 2
     assert out.read_text() == "keep me"
