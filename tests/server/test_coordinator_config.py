@@ -154,3 +154,21 @@ def test_config_refuses_non_uniform_weighting_with_a_rule_that_has_no_weights() 
 def test_config_accepts_capped_weighting_with_a_rule_that_uses_weights() -> None:
     config = CoordinatorConfig(pipeline="mean", weighting=Weighting.CAPPED_EXAMPLES)
     assert config.build_pipeline().supports_weights
+
+
+def test_key_rotations_name_comma_separated_statement_files_in_order() -> None:
+    config = CoordinatorConfig.from_run_config(
+        {"key-rotations": "rotation-2.json, /etc/ztfl/rotation-3.json,"}
+    )
+    assert config.key_rotation_paths() == (
+        Path("rotation-2.json"),
+        Path("/etc/ztfl/rotation-3.json"),
+    )
+    assert CoordinatorConfig().key_rotation_paths() == ()
+
+
+def test_the_audit_summary_records_key_rotations_under_a_name_the_audit_log_accepts() -> None:
+    summary = CoordinatorConfig(key_rotations="rotation-2.json").audit_summary()
+    assert summary["rotation-statements"] == "rotation-2.json"
+    assert "key-rotations" not in summary
+    assert "signing-key" not in summary
