@@ -1,0 +1,1 @@
+"""Differential privacy for the aggregate: clipping, calibrated noise, sensitivity, accounting."""
