@@ -41,6 +41,12 @@ class RefusalReason(StrEnum):
     """A second reply from a node that already answered this round."""
     UNEXPECTED_SENDER = "unexpected_sender"
     """A reply from a node that was not asked this round."""
+    GROUP_MEAN_ABOVE_CLIP = "group_mean_above_clip"
+    """Secure aggregation: a group's mean update is longer than the DP clip norm, so at least
+    one member did not clip its update."""
+    UNCLIPPED_COUNT_OUT_OF_RANGE = "unclipped_count_out_of_range"
+    """Secure aggregation: a group's summed "not clipped" bits fall outside [0, group size],
+    so at least one member sent something other than a 0/1 bit."""
 
 
 @dataclass(frozen=True)
