@@ -186,6 +186,13 @@ def _largest_change(description: str, num_byzantine: int, seed: int) -> float:
         ("trimmed_mean", 3),
         ("trimmed_mean(beta=0.2)", 1),
         ("nnm -> median", 1),
+        ("krum", 1),
+        ("multi_krum", 1),
+        ("bulyan", 1),
+        ("geometric_median", 1),
+        ("centered_clipping(radius=0.5)", 1),
+        ("arc -> nnm -> trimmed_mean", 1),
+        ("bucketing(bucket_size=2) -> median", 1),
     ],
 )
 def test_measured_change_of_robust_rules_never_exceeds_the_bound(
