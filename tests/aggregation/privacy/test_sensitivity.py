@@ -22,9 +22,11 @@ CLIP = 2.0
 EXPECTED = 50
 
 
-def _l2(description: str, num_byzantine: int = 0, **options: bool) -> float:
+def _l2(description: str, num_byzantine: int = 0, *, client_weights: bool = False) -> float:
     pipeline = build_pipeline(description, num_byzantine=num_byzantine)
-    return pipeline_sensitivity(pipeline, clip_norm=CLIP, expected_clients=EXPECTED, **options).l2
+    return pipeline_sensitivity(
+        pipeline, clip_norm=CLIP, expected_clients=EXPECTED, client_weights=client_weights
+    ).l2
 
 
 @pytest.mark.parametrize(
