@@ -8,6 +8,7 @@ naming the key.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from enum import StrEnum
@@ -15,6 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from ztfl.aggregation import Pipeline, build_pipeline
+from ztfl.aggregation.errors import PipelineConfigError
+from ztfl.aggregation.privacy.accounting import (
+    ACCOUNTANT_KINDS,
+    AccountantConfig,
+    AccountingError,
+)
+from ztfl.aggregation.privacy.calibration import CalibrationError, calibrate_noise_multiplier
+from ztfl.aggregation.privacy.sensitivity import DPConfigurationError, pipeline_sensitivity
 
 
 class Weighting(StrEnum):
@@ -63,6 +72,22 @@ class CoordinatorConfig:
     key_rotations: str = ""
     """Comma-separated rotation statement files (``ztfl model rotate``), sent with every broadcast:
     the chain from the key clients pin to ``signing_key``."""
+    dp: bool = False
+    """Differentially private aggregation (docs/privacy.md, "In the coordinator")."""
+    dp_clip_norm: float = 1.0
+    """C: the server re-clips every accepted update to this L2 norm."""
+    dp_noise_multiplier: float = 0.0
+    """z: noise std / sensitivity; 0 = calibrate it from ``dp_target_epsilon``."""
+    dp_target_epsilon: float = 0.0
+    """ε the whole run (``num_rounds``) may reach; used to calibrate z when it is 0."""
+    dp_delta: float = 1e-5
+    """δ at which ε is accounted and reported."""
+    dp_epsilon_budget: float = 0.0
+    """ε above which no round is run; 0 = ``dp_target_epsilon`` (no budget if that is 0 too)."""
+    dp_accountant: str = "rdp"
+    """``rdp`` or ``pld``."""
+    dp_sampling_rate: float = 1.0
+    """q: each connected node takes part in a round independently with this probability."""
 
     def __post_init__(self) -> None:
         checks = {
@@ -83,6 +108,8 @@ class CoordinatorConfig:
             if not ok:
                 raise ConfigError(f"{key} is out of range")
         pipeline = self.build_pipeline()
+        if self.dp:
+            self._check_dp(pipeline)
         if self.weighting is not Weighting.UNIFORM and not pipeline.supports_weights:
             raise ConfigError(
                 f"weighting={self.weighting} needs a rule that uses weights; "
@@ -100,6 +127,77 @@ class CoordinatorConfig:
                 f"pipeline '{pipeline.description}' with num-byzantine={self.num_byzantine} needs "
                 f"at least {pipeline.minimum_clients()} updates per round; {key} is {per_round}"
             )
+
+    def _check_dp(self, pipeline: Pipeline) -> None:
+        """Refuse a DP configuration that has no privacy guarantee, naming the key."""
+        if self.clients_per_round:
+            raise ConfigError(
+                "dp samples each node with probability dp-sampling-rate; "
+                "clients-per-round must be 0"
+            )
+        try:
+            pipeline_sensitivity(
+                pipeline,
+                clip_norm=self.dp_clip_norm,
+                expected_clients=1,
+                client_weights=self.weighting is not Weighting.UNIFORM,
+            )
+        except DPConfigurationError as error:
+            raise ConfigError(f"dp with pipeline '{pipeline.description}': {error}") from error
+        except PipelineConfigError as error:
+            raise ConfigError(f"dp-clip-norm: {error}") from error
+        if not math.isfinite(self.dp_epsilon_budget) or self.dp_epsilon_budget < 0:
+            raise ConfigError("dp-epsilon-budget must be >= 0 (0: dp-target-epsilon)")
+        if self.dp_noise_multiplier and self.dp_target_epsilon:
+            raise ConfigError("set dp-noise-multiplier or dp-target-epsilon, not both")
+        if not self.dp_noise_multiplier and not self.dp_target_epsilon:
+            raise ConfigError("dp needs dp-noise-multiplier > 0 or dp-target-epsilon > 0")
+        self.accountant_config()
+
+    def dp_budget(self) -> float | None:
+        """The ε no round may take the run above, or None without a budget."""
+        return self.dp_epsilon_budget or self.dp_target_epsilon or None
+
+    def accountant_config(self) -> AccountantConfig:
+        """What the run's accountant composes: z (calibrated when a target ε is given), q, δ.
+
+        Raises ConfigError naming the key for an out-of-range value or an unreachable target.
+        """
+        if self.dp_accountant not in ACCOUNTANT_KINDS:
+            raise ConfigError(
+                f"dp-accountant must be one of {', '.join(ACCOUNTANT_KINDS)}, "
+                f"got {self.dp_accountant!r}"
+            )
+        settings: dict[str, Any] = {
+            "kind": self.dp_accountant,
+            "sampling": "poisson",
+            "noise_multiplier": self.dp_noise_multiplier or 1.0,
+            "delta": self.dp_delta,
+            "sampling_rate": self.dp_sampling_rate,
+        }
+        ranges = {
+            "dp-noise-multiplier": math.isfinite(self.dp_noise_multiplier)
+            and self.dp_noise_multiplier >= 0,
+            "dp-target-epsilon": math.isfinite(self.dp_target_epsilon)
+            and self.dp_target_epsilon >= 0,
+            "dp-delta": 0 < self.dp_delta < 1,
+            "dp-sampling-rate": 0 < self.dp_sampling_rate <= 1,
+        }
+        for key, ok in ranges.items():
+            if not ok:
+                raise ConfigError(f"{key} is out of range")
+        try:
+            config = AccountantConfig(**settings)
+            if self.dp_noise_multiplier:
+                return config
+            settings["noise_multiplier"] = calibrate_noise_multiplier(
+                self.dp_target_epsilon, self.num_rounds, config
+            )
+        except CalibrationError as error:
+            raise ConfigError(f"dp-target-epsilon: {error}") from error
+        except AccountingError as error:
+            raise ConfigError(f"dp: {error}") from error
+        return AccountantConfig(**settings)
 
     def build_pipeline(self) -> Pipeline:
         """The aggregation pipeline this configuration names."""

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from ztfl.aggregation.privacy.accounting import PrivacyAccountant
 from ztfl.server.config import ConfigError, CoordinatorConfig, Weighting
 
 PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
@@ -172,3 +173,72 @@ def test_the_audit_summary_records_key_rotations_under_a_name_the_audit_log_acce
     assert summary["rotation-statements"] == "rotation-2.json"
     assert "key-rotations" not in summary
     assert "signing-key" not in summary
+
+
+# ------------------------------------------------------------------ differential privacy
+
+
+def test_dp_keys_parse_from_the_run_config() -> None:
+    config = CoordinatorConfig.from_run_config(
+        {
+            "pipeline": "mean",
+            "dp": True,
+            "dp-clip-norm": 0.5,
+            "dp-noise-multiplier": 1.2,
+            "dp-delta": 1e-6,
+            "dp-epsilon-budget": 8,
+            "dp-accountant": "pld",
+            "dp-sampling-rate": 0.25,
+        }
+    )
+    accountant = config.accountant_config()
+    assert (accountant.kind, accountant.sampling) == ("pld", "poisson")
+    assert (accountant.noise_multiplier, accountant.sampling_rate) == (1.2, 0.25)
+    assert accountant.delta == 1e-6
+    assert config.dp_budget() == 8.0
+
+
+def test_dp_with_a_target_epsilon_calibrates_the_noise_multiplier_and_budgets_it() -> None:
+    config = CoordinatorConfig(
+        pipeline="mean", dp=True, dp_target_epsilon=4.0, dp_sampling_rate=0.2, num_rounds=10
+    )
+    accountant = PrivacyAccountant(config.accountant_config())
+    assert accountant.epsilon_after(10) <= 4.0
+    assert config.dp_budget() == 4.0
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"pipeline": "nnm -> mean"}, "differential privacy cannot use nnm"),
+        (
+            {"pipeline": "mean", "weighting": Weighting.CAPPED_EXAMPLES},
+            "differential privacy cannot use client weights",
+        ),
+        ({"pipeline": "mean", "dp_noise_multiplier": 0.0}, "dp needs dp-noise-multiplier"),
+        (
+            {"pipeline": "mean", "dp_target_epsilon": 2.0},
+            "set dp-noise-multiplier or dp-target-epsilon, not both",
+        ),
+        ({"pipeline": "mean", "dp_clip_norm": 0.0}, "dp-clip-norm"),
+        ({"pipeline": "mean", "dp_delta": 1.5}, "dp-delta is out of range"),
+        ({"pipeline": "mean", "dp_sampling_rate": 0.0}, "dp-sampling-rate is out of range"),
+        ({"pipeline": "mean", "dp_accountant": "moments"}, "dp-accountant must be one of"),
+        ({"pipeline": "mean", "dp_epsilon_budget": -1.0}, "dp-epsilon-budget"),
+        ({"pipeline": "mean", "clients_per_round": 3}, "clients-per-round must be 0"),
+        (
+            {"pipeline": "mean", "dp_noise_multiplier": 0.0, "dp_target_epsilon": 1e-6},
+            "dp-target-epsilon: target",
+        ),
+    ],
+)
+def test_bad_dp_configurations_are_refused_naming_the_key(
+    settings: dict[str, Any], message: str
+) -> None:
+    values: dict[str, Any] = {"dp": True, "dp_noise_multiplier": 1.0, **settings}
+    with pytest.raises(ConfigError, match=message):
+        CoordinatorConfig(**values)
+
+
+def test_dp_settings_are_ignored_while_dp_is_off() -> None:
+    assert not CoordinatorConfig(dp_clip_norm=0.0, dp_delta=2.0).dp
