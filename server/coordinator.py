@@ -26,7 +26,17 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from ztfl.aggregation import ModelSpec, Pipeline, ToleranceError
+from ztfl.aggregation.privacy.accounting import PrivacyAccountant
+from ztfl.aggregation.privacy.clipping import clip_updates
+from ztfl.aggregation.privacy.noise import gaussian_noise, secure_generator
+from ztfl.aggregation.privacy.sensitivity import (
+    Sensitivity,
+    fixed_denominator_mean,
+    pipeline_sensitivity,
+)
+from ztfl.aggregation.steps import Clip, Mean
 from ztfl.client import protocol
+from ztfl.trust.audit import AuditEventKind, AuditHead
 from ztfl.trust.keys import SigningKey
 
 from .arrays import vector_to_record, vector_to_weights, weights_to_vector
@@ -52,6 +62,10 @@ CentralEvaluation = Callable[[dict[str, np.ndarray]], dict[str, float]]
 
 class NotEnoughNodesError(RuntimeError):
     """Fewer nodes connected than the configuration requires, within the wait timeout."""
+
+
+class PrivacyBudgetExhaustedError(RuntimeError):
+    """The next round would take ε above the run's budget, so it was not run."""
 
 
 def open_ledger(
@@ -105,7 +119,10 @@ class Coordinator:
         ledger: RunLedger,
         central_evaluation: CentralEvaluation | None = None,
         observers: Sequence[RoundObserver] = (),
+        noise_generator: np.random.Generator | None = None,
     ) -> None:
+        """``noise_generator``: tests only (a seeded ``secure_generator``); by default DP noise
+        comes from a fresh ``secure_generator()``."""
         self.config = config
         self.ledger = ledger
         self.pipeline: Pipeline = config.build_pipeline()
@@ -119,6 +136,14 @@ class Coordinator:
         self.history = RunHistory()
         self._node_digests: dict[int, str] = {}
         self.completed_rounds = 0
+        self.accountant: PrivacyAccountant | None = None
+        self._population: int | None = None
+        self._sensitivity: Sensitivity | None = None
+        self._noise_generator = noise_generator or secure_generator()
+        # Poisson sampling draws from the secure generator unless a seed asks for a replay.
+        self._dp_sampling_generator = None if config.seed is not None else secure_generator()
+        if config.dp:
+            self.accountant = PrivacyAccountant(config.accountant_config())
         state = ledger.state
         if state is None:
             self.global_vector = weights_to_vector(initial_weights, self.spec)
@@ -131,6 +156,16 @@ class Coordinator:
             self._node_digests = {int(node): digest for node, digest in state.node_digests.items()}
             self.history = RunHistory.from_json(dict(state.history))
             self.completed_rounds = state.round
+            if self.accountant is not None and state.privacy is not None:
+                self.accountant = PrivacyAccountant.from_state(
+                    state.privacy["accountant"], expected_config=self.accountant.config
+                )
+                self._population = int(state.privacy["population"])
+            if self.accountant is not None:
+                # Rounds that sampled after the last state commit (a crash mid-round) were
+                # released in part (the sampling, maybe a broadcast): they count too.
+                for _ in range(self._rounds_started_after(state.audit_head)):
+                    self.accountant.compose_round()
 
     @property
     def global_weights(self) -> dict[str, np.ndarray]:
@@ -148,13 +183,22 @@ class Coordinator:
             for record in self.history.rounds:
                 observer.on_round_end(record)
         for server_round in range(self.completed_rounds + 1, self.config.num_rounds + 1):
-            record = self.run_round(grid, server_round)
+            try:
+                record = self.run_round(grid, server_round)
+            except PrivacyBudgetExhaustedError as error:
+                logger.warning("training stopped: %s", error)
+                break
             for observer in self._observers:
                 observer.on_round_end(record)
         return self.history
 
     def run_round(self, grid: Grid, server_round: int) -> RoundRecord:
-        """One round: select, broadcast, collect, validate, aggregate, commit, evaluate, persist."""
+        """One round: select, broadcast, collect, validate, aggregate, commit, evaluate, persist.
+
+        With DP, a round that would take ε above the budget is not run: it is audited
+        (DP_BUDGET) and PrivacyBudgetExhaustedError is raised before any node is sampled.
+        """
+        self._check_budget(server_round)
         record = self._round(grid, server_round)
         self.history.rounds.append(record)
         self.completed_rounds = server_round
@@ -175,13 +219,115 @@ class Coordinator:
                 aggregation_generator=generator_state,
                 node_digests={str(node): digest for node, digest in self._node_digests.items()},
                 history=self.history.to_json(),
+                privacy=None
+                if self.accountant is None or self._population is None
+                else {"accountant": self.accountant.to_state(), "population": self._population},
             )
         )
+
+    def _rounds_started_after(self, audit_head: str) -> int:
+        start = AuditHead.parse(audit_head).seq + 1
+        return sum(
+            1
+            for record in self.ledger.audit.records(start)
+            if record.kind is AuditEventKind.ROUND_STARTED
+        )
+
+    def _check_budget(self, server_round: int) -> None:
+        budget = self.config.dp_budget()
+        if self.accountant is None or budget is None or not self.accountant.would_exceed(budget):
+            return
+        spent = self.accountant.epsilon()
+        after = self.accountant.epsilon_after(self.accountant.rounds + 1)
+        message = (
+            f"round {server_round} would take ε from {spent:.4g} to {after:.4g}, above the "
+            f"budget {budget:g} (δ = {self.config.dp_delta:g}); it was not run"
+        )
+        self.ledger.dp_budget_refused(
+            server_round,
+            {
+                "epsilon_spent": spent,
+                "epsilon_after_round": after,
+                "epsilon_budget": budget,
+                "delta": self.config.dp_delta,
+                "rounds_accounted": self.accountant.rounds,
+            },
+        )
+        raise PrivacyBudgetExhaustedError(message)
+
+    def _privacy_record(self) -> dict[str, float | int | str] | None:
+        """The DP parameters and ε spent so far, as the manifest and the history state them."""
+        if self.accountant is None or self._sensitivity is None:
+            return None
+        accountant = self.accountant.config
+        return {
+            "mechanism": "gaussian",
+            "noise_multiplier": accountant.noise_multiplier,
+            "clip_norm": self.config.dp_clip_norm,
+            "sampling_rate": self.config.dp_sampling_rate,
+            "delta": accountant.delta,
+            "epsilon": self.accountant.epsilon(),
+            "accountant": accountant.kind,
+            "rounds": self.accountant.rounds,
+            "expected_clients": self._expected_clients(),
+            "sensitivity": self._sensitivity.l2,
+        }
+
+    def _expected_clients(self) -> int:
+        """m = q·N rounded, at least 1: the fixed denominator of the DP mean."""
+        assert self._population is not None
+        return max(1, round(self.config.dp_sampling_rate * self._population))
+
+    def _sample(self, grid: Grid) -> tuple[int, ...]:
+        node_ids = list(grid.get_node_ids())
+        if self.accountant is None:
+            return self._sampler.sample(node_ids, self.config.clients_per_round)
+        if self._population is None:
+            self._population = len(node_ids)
+        if self._sensitivity is None:
+            self._sensitivity = pipeline_sensitivity(
+                self.pipeline,
+                clip_norm=self.config.dp_clip_norm,
+                expected_clients=self._expected_clients(),
+            )
+        sampled = self._sampler.sample_poisson(
+            node_ids, self.config.dp_sampling_rate, self._dp_sampling_generator
+        )
+        # The sampling happened: the round is accounted whatever it goes on to do.
+        self.accountant.compose_round()
+        return sampled
+
+    def _private_aggregate(self, matrix: torch.Tensor) -> torch.Tensor:
+        """Clip every update to C, aggregate (fixed-denominator mean or the robust rule) and
+        add N(0, (z·Δ)²) noise from the secure generator; raises ToleranceError as the rule."""
+        assert self.accountant is not None
+        assert self._sensitivity is not None
+        if matrix.shape[0] == 0:
+            raise ToleranceError("no valid update (Poisson sampling may draw no node)")
+        clipped = clip_updates(matrix, self.config.dp_clip_norm, validated=True).updates
+        if isinstance(self.pipeline.rule, Mean):
+            for step in self.pipeline.pre_steps:
+                if isinstance(step, Clip):
+                    clipped = clip_updates(clipped, step.max_norm, validated=True).updates
+            aggregate = fixed_denominator_mean(clipped, expected_clients=self._expected_clients())
+        else:
+            aggregate = self.pipeline(
+                clipped, None, generator=self._aggregation_generator, validated=True
+            ).aggregate
+        std = self.accountant.config.noise_multiplier * self._sensitivity.l2
+        noise = gaussian_noise(
+            aggregate.shape,
+            std,
+            generator=self._noise_generator,
+            dtype=aggregate.dtype,
+            device=aggregate.device,
+        )
+        return aggregate + noise
 
     def _round(self, grid: Grid, server_round: int) -> RoundRecord:
         started = time.perf_counter()
         ledger = self.ledger
-        sampled = self._sampler.sample(list(grid.get_node_ids()), self.config.clients_per_round)
+        sampled = self._sample(grid)
         ledger.round_started(server_round, sampled)
         replies = list(
             grid.send_and_receive(
@@ -217,16 +363,21 @@ class Coordinator:
             train_metrics=collected.train_metrics,
             verification_failures=failures,
             model_digest=ledger.model_digest,
+            privacy=self._privacy_record(),
         )
         crash_point(CrashPoint.BEFORE_AGGREGATION, server_round)
         aggregation_started = time.perf_counter()
         try:
-            result = self.pipeline(
-                collected.matrix,
-                collected.weights,
-                generator=self._aggregation_generator,
-                validated=True,
-            )
+            if self.accountant is not None:
+                aggregate, selected_rows = self._private_aggregate(collected.matrix), None
+            else:
+                result = self.pipeline(
+                    collected.matrix,
+                    collected.weights,
+                    generator=self._aggregation_generator,
+                    validated=True,
+                )
+                aggregate, selected_rows = result.aggregate, result.selected_rows
         except ToleranceError as error:
             logger.warning("round %d skipped: %s", server_round, error)
             detail = f"too few valid updates ({len(collected.node_ids)}): {error}"
@@ -238,7 +389,7 @@ class Coordinator:
                 central_metrics=self._evaluate_centrally(),
             )
         aggregation_s = time.perf_counter() - aggregation_started
-        candidate = self.global_vector + result.aggregate.to(self.global_vector.dtype)
+        candidate = self.global_vector + aggregate.to(self.global_vector.dtype)
         if not bool(torch.isfinite(candidate).all()):
             # Finite updates can still sum past the float range; never commit that.
             logger.warning("round %d skipped: the new global model is not finite", server_round)
@@ -256,11 +407,12 @@ class Coordinator:
             list(self.global_weights.items()),
             participants=collected.node_ids,
             refused=[(item.node_id, item.reason.value) for item in collected.refused],
+            privacy=self._privacy_record(),
         )
         crash_point(CrashPoint.AFTER_MODEL_WRITE, server_round)
         selected = (
-            tuple(collected.node_ids[row] for row in result.selected_rows)
-            if result.selected_rows is not None and self.pipeline.preserves_rows
+            tuple(collected.node_ids[row] for row in selected_rows)
+            if selected_rows is not None and self.pipeline.preserves_rows
             else None
         )
         federated: dict[str, float] = {}
@@ -273,7 +425,7 @@ class Coordinator:
             committed=True,
             selected_nodes=selected,
             weights=None if collected.weights is None else tuple(collected.weights.tolist()),
-            aggregate_norm=float(torch.linalg.vector_norm(result.aggregate)),
+            aggregate_norm=float(torch.linalg.vector_norm(aggregate)),
             aggregation_s=aggregation_s,
             round_s=time.perf_counter() - started,
             central_metrics=self._evaluate_centrally(),

@@ -61,6 +61,8 @@ class RoundRecord:
     train_metrics: dict[str, float] = field(default_factory=dict)
     verification_failures: tuple[VerificationFailure, ...] = ()
     model_digest: str | None = None
+    privacy: dict[str, Any] | None = None
+    """With DP: z, C, q, δ and ε spent after this round (what the signed manifest states)."""
     """Digest of the signed global model after the round (the previous one when skipped)."""
 
     def to_json(self) -> dict[str, Any]:

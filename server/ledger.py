@@ -391,6 +391,7 @@ class RunLedger:
         *,
         participants: Sequence[int],
         refused: Sequence[tuple[int, str]],
+        privacy: Mapping[str, object] | None = None,
     ) -> SignedManifest:
         """Sign and store the round's model (parent: the current one); log MODEL_COMMITTED."""
         manifest = build_manifest(
@@ -401,7 +402,7 @@ class RunLedger:
             pipeline=self._pipeline,
             participants=[str(node) for node in participants],
             refused=[ManifestRefusal(str(node), reason) for node, reason in refused],
-            privacy=None,
+            privacy=privacy,
             audit_head=str(self.audit.head),
             valid_for=self._validity,
         )
@@ -564,6 +565,16 @@ class RunLedger:
             round=server_round,
             reason=reason,
             details={"detail": detail[:500]},
+        )
+
+    def dp_budget_refused(self, server_round: int, details: Mapping[str, object]) -> None:
+        """Log DP_BUDGET: the round was not run because it would exceed the ε budget."""
+        self.audit.append(
+            AuditEventKind.DP_BUDGET,
+            run_id=self.run_id,
+            round=server_round,
+            reason="budget_exceeded",
+            details=details,
         )
 
     def round_completed(self, server_round: int) -> None:

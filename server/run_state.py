@@ -56,6 +56,8 @@ class CoordinatorState:
     """Per node id: the last model digest that node reported it accepted."""
     history: Mapping[str, Any] = field(default_factory=dict)
     """``RunHistory.to_json()`` up to this round."""
+    privacy: Mapping[str, Any] | None = None
+    """With DP: the accountant's state and the population N, so a resume never resets ε."""
 
     def to_json(self) -> bytes:
         """The file's bytes: the body and its SHA-256."""
@@ -71,6 +73,8 @@ class CoordinatorState:
             "node_digests": dict(self.node_digests),
             "history": dict(self.history),
         }
+        if self.privacy is not None:
+            body["privacy"] = dict(self.privacy)
         return json.dumps(
             {"body": body, "sha256": _checksum(body)}, sort_keys=True, indent=1, allow_nan=True
         ).encode()
@@ -102,6 +106,7 @@ class CoordinatorState:
                 aggregation_generator=_typed(body, "aggregation_generator", str),
                 node_digests=_typed(body, "node_digests", dict),
                 history=_typed(body, "history", dict),
+                privacy=None if body.get("privacy") is None else _typed(body, "privacy", dict),
             )
             AuditHead.parse(state.audit_head)
             bytes.fromhex(state.aggregation_generator)

@@ -29,6 +29,17 @@ class NodeSampler:
         chosen = self._generator.choice(len(ordered), size=count, replace=False)
         return tuple(sorted(ordered[int(index)] for index in chosen))
 
+    def sample_poisson(
+        self, node_ids: Sequence[int], rate: float, generator: np.random.Generator | None = None
+    ) -> tuple[int, ...]:
+        """Each node independently with probability ``rate`` (possibly none), sorted.
+
+        ``generator`` (a secure one for DP without a seed) replaces this sampler's own.
+        """
+        ordered = sorted(node_ids)
+        draws = (generator or self._generator).random(len(ordered))
+        return tuple(node for node, draw in zip(ordered, draws, strict=True) if draw < rate)
+
     def draw_seed(self) -> int:
         """A fresh 31-bit seed for a client's local randomness."""
         return int(self._generator.integers(0, 2**31 - 1))

@@ -23,6 +23,9 @@ from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
 from ztfl.aggregation import RefusalReason
+from ztfl.aggregation.privacy.accounting import PrivacyAccountant
+from ztfl.aggregation.privacy.clipping import clip_updates
+from ztfl.aggregation.privacy.noise import gaussian_noise, secure_generator
 from ztfl.client import protocol
 from ztfl.client.app import build_client_app
 from ztfl.client.data import ClientData
@@ -30,10 +33,16 @@ from ztfl.client.models import build_model
 from ztfl.client.trainer import evaluate, load_weights, model_weights
 from ztfl.client.trust_anchor import write_trust_anchor
 from ztfl.server.config import CoordinatorConfig
-from ztfl.server.coordinator import Coordinator, NotEnoughNodesError, open_ledger
+from ztfl.server.coordinator import (
+    Coordinator,
+    NotEnoughNodesError,
+    PrivacyBudgetExhaustedError,
+    open_ledger,
+)
 from ztfl.server.history import RoundRecord
 from ztfl.server.ledger import PUBLIC_KEY_FILE, LedgerError, RunLedger, prepare_state_dir
 from ztfl.simulations.datasets import digits_holdout, load_digits_partition
+from ztfl.trust.audit import AuditEventKind
 from ztfl.trust.keys import generate_signing_key
 from ztfl.trust.revocation import RevocationList
 from ztfl.trust.rotation import KeyRotation, rotate_key
@@ -651,3 +660,173 @@ def test_after_a_resume_every_broadcast_carries_the_revocation_of_the_set_aside_
     for message in grid.sent:
         sent = message.content.config_records[protocol.MANIFEST_KEY][protocol.REVOCATIONS]
         assert RevocationList.from_bytes(sent).digests == {orphan.digest}  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------ differential privacy
+
+DP_SETTINGS: dict[str, object] = {
+    "dp": True,
+    "dp_clip_norm": 1.0,
+    "dp_noise_multiplier": 1.0,
+    "dp_sampling_rate": 0.6,
+}
+NOISE_KEY = bytes(range(32))
+
+
+def make_dp_coordinator(**settings: object) -> Coordinator:
+    config: dict[str, object] = {
+        "num_rounds": 3,
+        "min_nodes": 1,
+        "pipeline": "mean",
+        "local_epochs": 1,
+        "seed": 0,
+        "federated_evaluation": False,
+        "node_wait_timeout_s": 0.05,
+        **DP_SETTINGS,
+    }
+    config.update(settings)
+    initial = model_weights(build_model("mlp", seed=0))
+    coordinator_config = CoordinatorConfig(**config)  # type: ignore[arg-type]
+    return Coordinator(
+        coordinator_config,
+        initial,
+        ledger=make_ledger(coordinator_config, initial),
+        noise_generator=secure_generator(NOISE_KEY),
+    )
+
+
+def test_dp_epsilon_grows_every_round_as_the_accountant_composes_it(grid: LoopbackGrid) -> None:
+    coordinator = make_dp_coordinator()
+    reference = PrivacyAccountant(coordinator.config.accountant_config())
+    epsilons = []
+    for server_round in (1, 2, 3):
+        record = coordinator.run_round(grid, server_round)
+        assert record.privacy is not None
+        assert record.privacy["rounds"] == server_round
+        assert record.privacy["epsilon"] == pytest.approx(reference.epsilon_after(server_round))
+        epsilons.append(record.privacy["epsilon"])
+    assert 0 < epsilons[0] < epsilons[1] < epsilons[2]
+
+
+def test_dp_noise_is_added_to_the_clipped_fixed_denominator_mean(grid: LoopbackGrid) -> None:
+    # q = 1: all five nodes, m = 5; sensitivity C/m = 0.2, noise std z·C/m = 0.1.
+    coordinator = make_dp_coordinator(dp_sampling_rate=1.0, dp_noise_multiplier=0.5)
+    before = flat(coordinator.global_weights)
+    record = coordinator.run_round(grid, 1)
+    assert record.committed
+    updates = torch.from_numpy(
+        np.stack(
+            [
+                flat(
+                    {n: a.numpy() for n, a in r.content.array_records[protocol.UPDATE_KEY].items()}
+                )
+                for r in train_replies(grid)
+            ]
+        )
+    )
+    assert len(updates) == 5
+    plain = (clip_updates(updates, 1.0).updates.sum(dim=0) / 5).numpy()
+    noise = flat(coordinator.global_weights) - before - plain
+    assert float(np.std(noise)) == pytest.approx(0.1, rel=0.15)
+    expected = gaussian_noise((len(before),), 0.1, generator=secure_generator(NOISE_KEY)).numpy()
+    np.testing.assert_allclose(noise, expected, rtol=0, atol=1e-5)
+
+
+def test_the_signed_manifest_states_the_dp_parameters_and_epsilon(grid: LoopbackGrid) -> None:
+    coordinator = make_dp_coordinator()
+    record = coordinator.run_round(grid, 1)
+    assert record.committed
+    manifest = coordinator.ledger.signed_manifest(coordinator.ledger.model_digest).manifest
+    assert manifest.privacy is not None
+    privacy = dict(manifest.privacy)
+    assert privacy == record.privacy
+    assert privacy["mechanism"] == "gaussian"
+    assert (privacy["noise_multiplier"], privacy["clip_norm"], privacy["sampling_rate"]) == (
+        1.0,
+        1.0,
+        0.6,
+    )
+    assert (privacy["delta"], privacy["accountant"], privacy["rounds"]) == (1e-5, "rdp", 1)
+    assert privacy["expected_clients"] == 3
+
+
+def test_a_round_that_would_exceed_the_budget_is_not_run_and_is_audited(
+    grid: LoopbackGrid,
+) -> None:
+    probe = make_dp_coordinator()
+    reference = PrivacyAccountant(probe.config.accountant_config())
+    budget = (reference.epsilon_after(2) + reference.epsilon_after(3)) / 2
+    coordinator = make_dp_coordinator(num_rounds=5, dp_epsilon_budget=budget)
+    history = coordinator.run(grid)
+    assert [record.server_round for record in history.rounds] == [1, 2]
+    assert coordinator.accountant is not None
+    assert coordinator.accountant.rounds == 2
+    events = [
+        record
+        for record in coordinator.ledger.audit.records()
+        if record.kind is AuditEventKind.DP_BUDGET
+    ]
+    assert len(events) == 1
+    assert (events[0].round, events[0].reason) == (3, "budget_exceeded")
+    assert events[0].details["epsilon_budget"] == pytest.approx(budget)
+    with pytest.raises(PrivacyBudgetExhaustedError, match="above the budget"):
+        coordinator.run_round(grid, 3)
+
+
+def test_a_resumed_dp_run_continues_epsilon_where_it_stopped(grid: LoopbackGrid) -> None:
+    coordinator = make_dp_coordinator()
+    for server_round in (1, 2):
+        coordinator.run_round(grid, server_round)
+    assert coordinator.accountant is not None
+    spent = coordinator.accountant.epsilon()
+    config, ledger = coordinator.config, coordinator.ledger
+    ledger.close()
+    initial = model_weights(build_model("mlp", seed=0))
+    resumed = open_ledger(config, initial, state_dir=ledger.state_dir, key=SIGNING_KEY, resume=True)
+    again = Coordinator(config, initial, ledger=resumed)
+    assert again.accountant is not None
+    assert (again.accountant.rounds, again.accountant.epsilon()) == (2, spent)
+    record = again.run_round(grid, 3)
+    assert record.privacy is not None
+    reference = PrivacyAccountant(config.accountant_config())
+    assert record.privacy["epsilon"] == pytest.approx(reference.epsilon_after(3))
+    resumed.close()
+
+
+def test_a_poisson_draw_of_no_node_skips_the_round_but_still_accounts_it(
+    grid: LoopbackGrid,
+) -> None:
+    coordinator = make_dp_coordinator(dp_sampling_rate=0.01)
+    before = flat(coordinator.global_weights)
+    record = coordinator.run_round(grid, 1)
+    assert record.sampled_nodes == ()
+    assert not record.committed
+    assert record.skip_reason is not None
+    assert "no valid update" in record.skip_reason
+    assert record.privacy is not None
+    assert record.privacy["rounds"] == 1
+    np.testing.assert_array_equal(flat(coordinator.global_weights), before)
+
+
+def test_dp_with_a_robust_rule_commits_a_noisy_model(grid: LoopbackGrid) -> None:
+    coordinator = make_dp_coordinator(pipeline="trimmed_mean", num_byzantine=1, min_nodes=3)
+    record = coordinator.run_round(grid, 1)
+    assert record.privacy is not None
+    assert record.privacy["sensitivity"] > 1.0  # 2ρr: of order C, not C/m
+
+
+def test_a_dp_round_interrupted_before_its_state_commit_still_counts_after_a_resume(
+    grid: LoopbackGrid,
+) -> None:
+    coordinator = make_dp_coordinator()
+    coordinator.run_round(grid, 1)
+    coordinator._round(grid, 2)  # sampled, aggregated, committed a model: no state commit
+    config, ledger = coordinator.config, coordinator.ledger
+    ledger.close()
+    initial = model_weights(build_model("mlp", seed=0))
+    resumed = open_ledger(config, initial, state_dir=ledger.state_dir, key=SIGNING_KEY, resume=True)
+    again = Coordinator(config, initial, ledger=resumed)
+    assert again.completed_rounds == 1
+    assert again.accountant is not None
+    assert again.accountant.rounds == 2
+    resumed.close()
