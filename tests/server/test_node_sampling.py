@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from ztfl.aggregation.privacy.noise import secure_generator
 from ztfl.server.sampling import NodeSampler
 
 NODES = [31, 7, 1002, 55, 4, 18, 9, 600, 23, 71]
@@ -54,3 +55,20 @@ def test_unseeded_samplers_draw_differently() -> None:
 def test_client_seeds_are_non_negative_31_bit_integers() -> None:
     sampler = NodeSampler(seed=0)
     assert all(0 <= sampler.draw_seed() < 2**31 for _ in range(100))
+
+
+def test_poisson_sampling_takes_each_node_independently_with_the_rate() -> None:
+    sampler = NodeSampler(seed=3)
+    nodes = list(range(200))
+    assert sampler.sample_poisson(nodes, 1.0) == tuple(nodes)
+    counts = [len(sampler.sample_poisson(nodes, 0.3)) for _ in range(50)]
+    assert 0.25 < sum(counts) / (50 * len(nodes)) < 0.35
+    assert len(set(counts)) > 1  # the round size varies
+
+
+def test_poisson_sampling_draws_from_the_generator_it_is_given() -> None:
+    nodes = list(range(50))
+    key = bytes(32)
+    first = NodeSampler(seed=1).sample_poisson(nodes, 0.5, secure_generator(key))
+    second = NodeSampler(seed=2).sample_poisson(nodes, 0.5, secure_generator(key))
+    assert first == second
