@@ -64,6 +64,10 @@ AnchorLoader = Callable[[Context], TrustAnchor]
 """Where a node's trust anchor comes from: by default its node config (``trust-anchor``)."""
 
 LineageDirLoader = Callable[[Context], Path | None]
+Weights = dict[str, np.ndarray]
+"""The global model's arrays by name, as verified against its signed manifest."""
+VerifiedHandler = Callable[[Weights], Message]
+"""Runs the round on the verified global weights (decoded once, during verification)."""
 """Where a node keeps its lineage files: by default its node config (``lineage-dir``), or None."""
 
 LINEAGE_STATE_KEY = "ztfl.lineage"
@@ -98,13 +102,19 @@ def build_client_app(
     @client_app.train()
     def train(message: Message, context: Context) -> Message:
         return run_verified(
-            message, context, load_anchor, lambda: handle_train(message, load_data(context))
+            message,
+            context,
+            load_anchor,
+            lambda weights: handle_train(message, load_data(context), weights=weights),
         )
 
     @client_app.evaluate()
     def evaluate_model(message: Message, context: Context) -> Message:
         return run_verified(
-            message, context, load_anchor, lambda: handle_evaluate(message, load_data(context))
+            message,
+            context,
+            load_anchor,
+            lambda weights: handle_evaluate(message, load_data(context), weights=weights),
         )
 
     return client_app
@@ -114,11 +124,15 @@ def run_verified(
     message: Message,
     context: Context,
     load_anchor: AnchorLoader,
-    handle: Callable[[], Message],
+    handle: VerifiedHandler,
     *,
     load_lineage_dir: LineageDirLoader = node_config_lineage_dir,
 ) -> Message:
-    """Verify the broadcast model, then run ``handle``; every refusal becomes an error reply.
+    """Verify the broadcast model, then run ``handle`` on its verified weights.
+
+    Every refusal becomes an error reply. ``handle`` receives the very arrays
+    that were hashed against the manifest, so nothing is decoded twice and
+    nothing unverified is loaded.
 
     The new lineage state is stored (lineage file, then ``context.state``)
     only after the handler succeeded, and the reply tells the coordinator
@@ -135,8 +149,10 @@ def run_verified(
             folder = load_lineage_dir(context)
         except LineageFileError as error:
             raise _lineage_file_refusal(error) from error
-        lineage = verify_broadcast(message, anchor, read_lineage(context, anchor.run_id, folder))
-        reply = handle()
+        lineage, weights = verify_broadcast_model(
+            message, anchor, read_lineage(context, anchor.run_id, folder)
+        )
+        reply = handle(weights)
         write_lineage(context, anchor.run_id, lineage, folder)
     except ClientRefusal as refusal:
         return refusal_reply(message, refusal)
@@ -198,7 +214,14 @@ def _lineage_file_refusal(error: LineageFileError) -> ClientRefusal:
 
 
 def verify_broadcast(message: Message, anchor: TrustAnchor, lineage: LineageState) -> LineageState:
-    """Check the message's model against ``anchor`` and ``lineage``; return the new lineage.
+    """Check the message's model against ``anchor`` and ``lineage``; return the new lineage."""
+    return verify_broadcast_model(message, anchor, lineage)[0]
+
+
+def verify_broadcast_model(
+    message: Message, anchor: TrustAnchor, lineage: LineageState
+) -> tuple[LineageState, Weights]:
+    """Check the message's model against ``anchor`` and ``lineage``; return lineage and weights.
 
     Raises ClientRefusal with the ``MODEL_*`` code of the ModelRefusalReason
     (no signed manifest at all counts as MALFORMED_MANIFEST). Nothing of the
@@ -240,7 +263,7 @@ def verify_broadcast(message: Message, anchor: TrustAnchor, lineage: LineageStat
             )
         rotations = [KeyRotation.from_bytes(item) for item in rotation_bytes]  # type: ignore[arg-type]
         arrays = _received_arrays(content.array_records[protocol.GLOBAL_MODEL_KEY])
-        return verify_model(
+        accepted = verify_model(
             arrays,
             signed,
             anchor=anchor,
@@ -251,6 +274,7 @@ def verify_broadcast(message: Message, anchor: TrustAnchor, lineage: LineageStat
         )
     except ModelRefusal as refusal:
         raise _model_refusal(refusal) from refusal
+    return accepted, dict(arrays)
 
 
 def _received_arrays(record: ArrayRecord) -> list[tuple[str, np.ndarray]]:
@@ -266,9 +290,13 @@ def _model_refusal(refusal: ModelRefusal) -> ClientRefusal:
     return ClientRefusal(protocol.refusal_code(refusal.reason), str(refusal))
 
 
-def handle_train(message: Message, data: ClientData) -> Message:
-    """Train on ``data`` from the message's global model; reply with update and metrics."""
-    model, config = _prepare(message)
+def handle_train(message: Message, data: ClientData, *, weights: Weights | None = None) -> Message:
+    """Train on ``data`` from the global model; reply with update and metrics.
+
+    ``weights``: the verified global arrays (``run_verified`` passes them);
+    without them the message's arrays are decoded here.
+    """
+    model, config = _prepare(message, weights)
     training = _training_config(config)
     if data.num_train == 0:
         raise ClientRefusal(protocol.ClientErrorCode.NO_DATA, "no training examples")
@@ -290,9 +318,11 @@ def handle_train(message: Message, data: ClientData) -> Message:
     return Message(content, reply_to=message)
 
 
-def handle_evaluate(message: Message, data: ClientData) -> Message:
-    """Evaluate the message's global model on the local test split."""
-    model, _ = _prepare(message)
+def handle_evaluate(
+    message: Message, data: ClientData, *, weights: Weights | None = None
+) -> Message:
+    """Evaluate the global model (``weights`` as for ``handle_train``) on the local test split."""
+    model, _ = _prepare(message, weights)
     loss, accuracy = evaluate(model, data.test_features, data.test_labels)
     metrics = MetricRecord(
         {
@@ -304,7 +334,9 @@ def handle_evaluate(message: Message, data: ClientData) -> Message:
     return Message(RecordDict({protocol.METRICS_KEY: metrics}), reply_to=message)
 
 
-def _prepare(message: Message) -> tuple[torch.nn.Module, ConfigRecord]:
+def _prepare(
+    message: Message, weights: Weights | None = None
+) -> tuple[torch.nn.Module, ConfigRecord]:
     """Check the message and build the named model holding the global weights."""
     if not message.has_content():
         raise ClientRefusal(protocol.ClientErrorCode.INVALID_MESSAGE, "message has no content")
@@ -321,13 +353,18 @@ def _prepare(message: Message) -> tuple[torch.nn.Module, ConfigRecord]:
         model = build_model(model_name)
     except UnknownModelError as error:
         raise ClientRefusal(protocol.ClientErrorCode.UNKNOWN_MODEL, str(error)) from error
-    weights = content.array_records[protocol.GLOBAL_MODEL_KEY]
-    try:
-        arrays = {name: array.numpy() for name, array in weights.items()}
-    except Exception as error:
-        raise ClientRefusal(
-            protocol.ClientErrorCode.INVALID_MESSAGE, f"global model cannot be decoded: {error!r}"
-        ) from error
+    arrays = weights
+    if arrays is None:
+        try:
+            arrays = {
+                name: array.numpy()
+                for name, array in content.array_records[protocol.GLOBAL_MODEL_KEY].items()
+            }
+        except Exception as error:
+            raise ClientRefusal(
+                protocol.ClientErrorCode.INVALID_MESSAGE,
+                f"global model cannot be decoded: {error!r}",
+            ) from error
     try:
         load_weights(model, arrays)
     except (ValueError, TypeError) as error:

@@ -24,6 +24,7 @@ from flwr.clientapp import ClientApp
 from ztfl.client import protocol
 from ztfl.client.app import (
     ClientRefusal,
+    Weights,
     handle_evaluate,
     handle_train,
     node_config_anchor,
@@ -68,9 +69,9 @@ def build_simulation_client_app(
         # only oversubscribe the host.
         torch.set_num_threads(1)
 
-        def handle() -> Message:
+        def handle(weights: Weights) -> Message:
             _reseed(message, context)
-            return handle_train(message, _simulated_data(message, context))
+            return handle_train(message, _simulated_data(message, context), weights=weights)
 
         return _tag(
             run_verified(message, context, load_anchor, handle, load_lineage_dir=load_lineage_dir),
@@ -79,8 +80,10 @@ def build_simulation_client_app(
 
     @client_app.evaluate()
     def evaluate(message: Message, context: Context) -> Message:
-        def handle() -> Message:
-            return handle_evaluate(message, _simulated_data(message, context, honest=True))
+        def handle(weights: Weights) -> Message:
+            return handle_evaluate(
+                message, _simulated_data(message, context, honest=True), weights=weights
+            )
 
         return _tag(
             run_verified(message, context, load_anchor, handle, load_lineage_dir=load_lineage_dir),
