@@ -16,14 +16,12 @@ naming it — never a fresh start, which is exactly what a rollback needs.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import os
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
+from ztfl.trust.durable_files import write_atomically
 from ztfl.trust.refusal import ModelRefusal
 from ztfl.trust.verification import LineageState
 
@@ -86,22 +84,6 @@ def write_lineage_file(path: Path, lineage: LineageState) -> None:
     """Replace ``path`` with ``lineage`` atomically (temporary file, fsync, rename; mode 0600)."""
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        # mkstemp creates the file with mode 0600 under a name no other writer uses.
-        descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(descriptor, "wb") as handle:
-                handle.write(lineage.to_json())
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temporary, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temporary)
-            raise
-        folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(folder)
-        finally:
-            os.close(folder)
+        write_atomically(path, lineage.to_json())
     except OSError as error:
         raise LineageFileError(path, f"cannot keep the lineage state: {error}") from None

@@ -40,6 +40,7 @@ from ztfl.trust.audit import (
     AuditLogError,
     verify_audit_log,
 )
+from ztfl.trust.durable_files import write_atomically
 from ztfl.trust.keys import SigningKey, VerifyingKey, read_verifying_key, write_verifying_key
 from ztfl.trust.manifest import RefusedUpdate as ManifestRefusal
 from ztfl.trust.model_store import ModelStore, ModelStoreError
@@ -58,7 +59,6 @@ from .run_state import (
     CoordinatorState,
     StateFileError,
     read_state,
-    write_atomically,
     write_state,
 )
 

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ztfl.trust.audit import AuditHead
+from ztfl.trust.durable_files import write_atomically
 
 STATE_SCHEMA = "ztfl.coordinator-state/v1"
 MAX_STATE_BYTES = 64 << 20
@@ -129,32 +129,9 @@ def _checksum(body: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _fsync_directory(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
 def write_state(path: Path, state: CoordinatorState) -> None:
     """Replace ``path`` with ``state`` atomically: temp file, fsync, rename, fsync the folder."""
     write_atomically(path, state.to_json())
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data``: temporary file (0600), fsync, rename, fsync the folder."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(descriptor, view) :]
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-    os.replace(temporary, path)  # the commit point
-    _fsync_directory(path.parent)
 
 
 def read_state(path: Path) -> CoordinatorState:

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .dsse import read_bundle
+from .durable_files import fsync_directory
 from .encoding import require_digest
 from .keys import VerifyingKey
 from .manifest import ModelManifest
@@ -54,14 +55,6 @@ class ModelStoreError(Exception):
     def __init__(self, path: Path, message: str) -> None:
         super().__init__(f"{path}: {message}")
         self.path = path
-
-
-def _fsync_directory(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 def _write_file(path: Path, data: bytes) -> None:
@@ -128,15 +121,15 @@ class ModelStore:
                     raise ValueError(f"tensor {record.name!r} does not hash to the manifest")
             _write_file(staging / MANIFEST_FILE, manifest.to_json())
             _write_file(staging / SIGNATURE_FILE, signed.bundle)
-            _fsync_directory(staging / "tensors")
-            _fsync_directory(staging)
+            fsync_directory(staging / "tensors")
+            fsync_directory(staging)
             try:
                 os.rename(staging, target)
             except OSError:
                 if (target / MANIFEST_FILE).is_file():  # a concurrent commit of the same model won
                     return target
                 raise
-            _fsync_directory(self.root)
+            fsync_directory(self.root)
         finally:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)

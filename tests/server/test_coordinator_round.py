@@ -202,7 +202,9 @@ def with_two_empty(node_data: Mapping[int, ClientData]) -> LoopbackGrid:
     return LoopbackGrid(build_client_app(load), NODE_IDS)
 
 
-def make_coordinator(**settings: object) -> Coordinator:
+def make_coordinator(
+    *, noise_generator: np.random.Generator | None = None, **settings: object
+) -> Coordinator:
     config: dict[str, object] = {
         "num_rounds": 1,
         "min_nodes": 1,
@@ -215,7 +217,12 @@ def make_coordinator(**settings: object) -> Coordinator:
     config.update(settings)
     initial = model_weights(build_model("mlp", seed=0))
     coordinator_config = CoordinatorConfig(**config)  # type: ignore[arg-type]
-    return Coordinator(coordinator_config, initial, ledger=make_ledger(coordinator_config, initial))
+    return Coordinator(
+        coordinator_config,
+        initial,
+        ledger=make_ledger(coordinator_config, initial),
+        noise_generator=noise_generator,
+    )
 
 
 def flat(weights: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -674,25 +681,9 @@ NOISE_KEY = bytes(range(32))
 
 
 def make_dp_coordinator(**settings: object) -> Coordinator:
-    config: dict[str, object] = {
-        "num_rounds": 3,
-        "min_nodes": 1,
-        "pipeline": "mean",
-        "local_epochs": 1,
-        "seed": 0,
-        "federated_evaluation": False,
-        "node_wait_timeout_s": 0.05,
-        **DP_SETTINGS,
-    }
-    config.update(settings)
-    initial = model_weights(build_model("mlp", seed=0))
-    coordinator_config = CoordinatorConfig(**config)  # type: ignore[arg-type]
-    return Coordinator(
-        coordinator_config,
-        initial,
-        ledger=make_ledger(coordinator_config, initial),
-        noise_generator=secure_generator(NOISE_KEY),
-    )
+    """A three-round DP coordinator whose noise is replayable (a fixed ChaCha key)."""
+    dp_settings = {"num_rounds": 3, **DP_SETTINGS, **settings}
+    return make_coordinator(noise_generator=secure_generator(NOISE_KEY), **dp_settings)
 
 
 def test_dp_epsilon_grows_every_round_as_the_accountant_composes_it(grid: LoopbackGrid) -> None:
