@@ -16,13 +16,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType
 from flwr.serverapp import Grid
-from flwr.supercore.run import Run
 
 from ztfl.client import protocol
 
 from .attacks import ResolvedAttack
+from .forwarding_grid import ForwardingGrid
 
 SIMULATION_KEY = "ztfl.simulation"
 """ConfigRecord with a simulated client's data share and role; never sent by a real coordinator."""
@@ -49,7 +49,7 @@ class DataShare:
         )
 
 
-class AdversarialGrid(Grid):
+class AdversarialGrid(ForwardingGrid):
     """Delegates to a real Grid; marks Byzantine clients and forges their updates.
 
     The adversary controls a seeded random set of data partitions (Flower's
@@ -67,7 +67,7 @@ class AdversarialGrid(Grid):
         share: DataShare,
         seed: int,
     ) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._attack = attack
         self._num_byzantine = num_byzantine
         self._share = share
@@ -87,26 +87,6 @@ class AdversarialGrid(Grid):
         )
 
     # ----------------------------------------------------------- Grid interface
-    def set_run(self, run: Run) -> None:
-        self._inner.set_run(run)
-
-    @property
-    def run(self) -> Run:
-        return self._inner.run
-
-    def create_message(
-        self,
-        content: RecordDict,
-        message_type: str,
-        dst_node_id: int,
-        group_id: str,
-        ttl: float | None = None,
-    ) -> Message:
-        return self._inner.create_message(content, message_type, dst_node_id, group_id, ttl)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return self._inner.get_node_ids()
-
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         return self._inner.push_messages([self._mark(message) for message in messages])
 

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType
 from flwr.serverapp import Grid
-from flwr.supercore.run import Run
 
 from ztfl.client import protocol
+from ztfl.simulations.forwarding_grid import ForwardingGrid
 from ztfl.simulations.runner import RunResult, SessionFiles, run_plan
 from ztfl.simulations.scenario import Defence, RunSpec, Scenario
 from ztfl.trust.audit import AuditEventKind, AuditHead, AuditLog, verify_audit_log
@@ -63,40 +63,14 @@ PLAN: dict[tuple[int, int], tuple[str, Reason]] = {
 }
 
 
-class TamperingTransport(Grid):
+class TamperingTransport(ForwardingGrid):
     """The compromised transport: delegates to a Grid, alters chosen broadcasts on the way."""
 
     def __init__(self, inner: Grid, state_dir: Path, key: SigningKey) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._store = ModelStore(state_dir / "models")
         self._key = key
         self._round = 0
-
-    def set_run(self, run: Run) -> None:
-        self._inner.set_run(run)
-
-    @property
-    def run(self) -> Run:
-        return self._inner.run
-
-    def create_message(
-        self,
-        content: RecordDict,
-        message_type: str,
-        dst_node_id: int,
-        group_id: str,
-        ttl: float | None = None,
-    ) -> Message:
-        return self._inner.create_message(content, message_type, dst_node_id, group_id, ttl)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return self._inner.get_node_ids()
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        return self._inner.push_messages(messages)
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return self._inner.pull_messages(message_ids)
 
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
