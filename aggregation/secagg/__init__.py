@@ -1,0 +1,1 @@
+"""SecAgg+ (Bell et al. 2020) as pure state machines: signed key agreement, Shamir shares, keyed-cipher masks."""

@@ -1,0 +1,1 @@
+"""Federation PKI: a CA, enrolment by CSR, certificates with SPIFFE-style identities and roles, revocation."""
