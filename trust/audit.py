@@ -166,6 +166,14 @@ class AuditEventKind(StrEnum):
     """A node was quarantined or released (details: scores, incident)."""
     DP_BUDGET = "dp_budget"
     """A privacy-budget event: spent so far, or a round refused for exceeding the budget."""
+    CERTIFICATE_ISSUED = "certificate_issued"
+    """The federation CA issued or renewed a certificate (details: identity, serial, expiry)."""
+    CERTIFICATE_REVOKED = "certificate_revoked"
+    """A certificate was revoked and the CRL reissued (details: identity, serial, reason)."""
+    REQUEST_REFUSED = "request_refused"
+    """The gateway refused a request from an admitted peer; ``reason`` says why (path, size, rate)."""
+    APP_BUNDLE_REFUSED = "app_bundle_refused"
+    """A client's sidecar refused an app bundle whose hash is not allow-listed."""
 
 
 # Refusals must say why; round events must say which round.
@@ -175,6 +183,8 @@ _KINDS_NEEDING_REASON: Final = frozenset(
         AuditEventKind.ROUND_SKIPPED,
         AuditEventKind.UPDATE_REFUSED,
         AuditEventKind.CLIENT_VERIFICATION_FAILED,
+        AuditEventKind.REQUEST_REFUSED,
+        AuditEventKind.APP_BUNDLE_REFUSED,
     }
 )
 _KINDS_NEEDING_ROUND: Final = frozenset(
