@@ -20,6 +20,7 @@ coordinator restart, see :mod:`ztfl.client.lineage_file`) and in Flower's
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
@@ -54,6 +55,7 @@ from .lineage_file import (
     write_lineage_file,
 )
 from .models import UnknownModelError, build_model
+from .policy import PolicyError, PolicyViolation, PrivacyPolicy, RoundPrivacy
 from .trainer import TrainingConfig, evaluate, load_weights, train_update
 from .trust_anchor import TrustAnchorError, node_trust_anchor
 
@@ -88,6 +90,18 @@ def node_config_anchor(context: Context) -> TrustAnchor:
     return node_trust_anchor(context.node_config)
 
 
+def node_privacy_policy(context: Context) -> PrivacyPolicy:
+    """The privacy policy floor in the node's configuration (``ztfl.client.policy``).
+
+    Raises ClientRefusal(INVALID_POLICY) for a malformed setting: a node that cannot read
+    its own floor trains in no round.
+    """
+    try:
+        return PrivacyPolicy.from_node_config(context.node_config)
+    except PolicyError as error:
+        raise ClientRefusal(protocol.ClientErrorCode.INVALID_POLICY, str(error)) from error
+
+
 def node_config_lineage_dir(context: Context) -> Path | None:
     """The lineage folder the node's configuration names (``lineage-dir``), if any."""
     return node_lineage_dir(context.node_config)
@@ -105,7 +119,9 @@ def build_client_app(
             message,
             context,
             load_anchor,
-            lambda weights: handle_train(message, load_data(context), weights=weights),
+            lambda weights: handle_train(
+                message, load_data(context), weights=weights, policy=node_privacy_policy(context)
+            ),
         )
 
     @client_app.evaluate()
@@ -290,32 +306,75 @@ def _model_refusal(refusal: ModelRefusal) -> ClientRefusal:
     return ClientRefusal(protocol.refusal_code(refusal.reason), str(refusal))
 
 
-def handle_train(message: Message, data: ClientData, *, weights: Weights | None = None) -> Message:
-    """Train on ``data`` from the global model; reply with update and metrics.
+def handle_train(
+    message: Message,
+    data: ClientData,
+    *,
+    weights: Weights | None = None,
+    policy: PrivacyPolicy | None = None,
+) -> Message:
+    """Check the round against ``policy``, train on ``data``; reply with update and metrics.
 
     ``weights``: the verified global arrays (``run_verified`` passes them);
-    without them the message's arrays are decoded here.
+    without them the message's arrays are decoded here. In a DP round the whole
+    update is clipped to the round's clip norm here, on the client, and the reply
+    carries the "unclipped" bit but no training loss or accuracy (per-client figures
+    computed from private data are not released without noise).
     """
+    round_privacy = check_round_privacy(message, policy or PrivacyPolicy())
     model, config = _prepare(message, weights)
     training = _training_config(config)
     if data.num_train == 0:
         raise ClientRefusal(protocol.ClientErrorCode.NO_DATA, "no training examples")
     result = train_update(model, data, training)
+    update = result.update
+    metrics = MetricRecord({protocol.NUM_EXAMPLES: result.num_examples})
+    if round_privacy.dp:
+        assert round_privacy.clip_norm is not None
+        update, unclipped = clip_update(update, round_privacy.clip_norm)
+        metrics[protocol.UNCLIPPED] = int(unclipped)
+    else:
+        metrics[protocol.TRAIN_LOSS] = result.loss
+        metrics[protocol.TRAIN_ACCURACY] = result.accuracy
     content = RecordDict(
         {
             protocol.UPDATE_KEY: ArrayRecord(
-                {name: Array(values) for name, values in result.update.items()}
+                {name: Array(values) for name, values in update.items()}
             ),
-            protocol.METRICS_KEY: MetricRecord(
-                {
-                    protocol.NUM_EXAMPLES: result.num_examples,
-                    protocol.TRAIN_LOSS: result.loss,
-                    protocol.TRAIN_ACCURACY: result.accuracy,
-                }
-            ),
+            protocol.METRICS_KEY: metrics,
         }
     )
     return Message(content, reply_to=message)
+
+
+def check_round_privacy(message: Message, policy: PrivacyPolicy) -> RoundPrivacy:
+    """The round's declared DP settings, refused (POLICY_FLOOR) when weaker than ``policy``."""
+    record = (
+        message.content.config_records.get(protocol.PRIVACY_KEY)
+        if message.has_content()
+        else None
+    )
+    try:
+        round_privacy = RoundPrivacy.from_record(record)
+        policy.check(round_privacy)
+    except PolicyViolation as violation:
+        raise ClientRefusal(protocol.ClientErrorCode.POLICY_FLOOR, str(violation)) from violation
+    return round_privacy
+
+
+def clip_update(update: Weights, clip_norm: float) -> tuple[Weights, bool]:
+    """The update scaled to L2 norm ≤ ``clip_norm`` (all tensors as one vector), and whether
+    it was within the norm already: DP-FedAvg's client-side clipping (McMahan et al., 2018).
+
+    The norm is taken in float64 over every tensor together, the same rule the coordinator
+    re-clips with (``ztfl.aggregation.privacy.clipping``).
+    """
+    squared = sum(float(np.sum(np.square(values, dtype=np.float64))) for values in update.values())
+    norm = math.sqrt(squared)
+    if norm <= clip_norm:
+        return update, True
+    scale = clip_norm / norm
+    return {name: (values * scale).astype(values.dtype) for name, values in update.items()}, False
 
 
 def handle_evaluate(

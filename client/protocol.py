@@ -34,6 +34,21 @@ LINEAGE_KEY = "ztfl.lineage"
 the model the client verified (the coordinator sends the next chain from there)."""
 ACCEPTED_DIGEST = "accepted-digest"
 
+PRIVACY_KEY = "ztfl.privacy"
+"""ConfigRecord in a training message, coordinator → client: the round's differential-privacy
+settings, which the client checks against its local policy floor (``ztfl.client.policy``)
+before it trains: ``DP`` (bool); with DP on also ``CLIP_NORM`` (this round's C, to which the
+client clips its whole update), ``NOISE_MULTIPLIER``, ``DELTA``, ``EPSILON_SPENT``,
+``EPSILON_BUDGET`` (0: none), ``SAMPLING_RATE`` and ``ACCOUNTANT``."""
+DP = "dp"
+CLIP_NORM = "clip-norm"
+NOISE_MULTIPLIER = "noise-multiplier"
+DELTA = "delta"
+EPSILON_SPENT = "epsilon-spent"
+EPSILON_BUDGET = "epsilon-budget"
+SAMPLING_RATE = "sampling-rate"
+ACCOUNTANT = "accountant"
+
 ROUND = "server-round"
 MODEL = "model"
 LOCAL_EPOCHS = "local-epochs"
@@ -46,6 +61,9 @@ TRAIN_LOSS = "train-loss"
 TRAIN_ACCURACY = "train-accuracy"
 EVAL_LOSS = "eval-loss"
 EVAL_ACCURACY = "eval-accuracy"
+UNCLIPPED = "unclipped"
+"""DP rounds: 1 if the client's update was within the round's clip norm before clipping, else 0
+(the bit adaptive clipping sums; Andrew et al., 2021)."""
 
 
 class ClientErrorCode(IntEnum):
@@ -63,6 +81,11 @@ class ClientErrorCode(IntEnum):
     """The client has no usable local data."""
     NO_TRUST_ANCHOR = 4006
     """The node has no usable trust anchor (``trust-anchor`` in its node config)."""
+    POLICY_FLOOR = 4007
+    """The round's configuration is weaker than the node's local policy (e.g. no DP, a clip
+    norm above the node's maximum, an ε budget above its limit); the reason says which."""
+    INVALID_POLICY = 4008
+    """The node's own policy settings (its node config) are malformed."""
 
     # The client refused the broadcast model: one code per ModelRefusalReason.
     MODEL_BAD_SIGNATURE = 4101

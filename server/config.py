@@ -88,6 +88,15 @@ class CoordinatorConfig:
     """``rdp`` or ``pld``."""
     dp_sampling_rate: float = 1.0
     """q: each connected node takes part in a round independently with this probability."""
+    dp_adaptive_clipping: bool = False
+    """Move C each round towards the ``dp_target_unclipped_quantile`` of the update norms
+    (Andrew et al., 2021), starting from ``dp_clip_norm``."""
+    dp_clip_learning_rate: float = 0.2
+    """η of the adaptive clip norm's geometric update."""
+    dp_target_unclipped_quantile: float = 0.5
+    """γ: the fraction of updates adaptive clipping aims to leave unclipped."""
+    dp_clipped_count_stddev: float = 0.0
+    """σ_b, the noise on the count of unclipped updates, in clients; 0 = expected clients / 20."""
 
     def __post_init__(self) -> None:
         checks = {
@@ -152,6 +161,16 @@ class CoordinatorConfig:
             raise ConfigError("set dp-noise-multiplier or dp-target-epsilon, not both")
         if not self.dp_noise_multiplier and not self.dp_target_epsilon:
             raise ConfigError("dp needs dp-noise-multiplier > 0 or dp-target-epsilon > 0")
+        adaptive_ranges = {
+            "dp-clip-learning-rate": math.isfinite(self.dp_clip_learning_rate)
+            and self.dp_clip_learning_rate > 0,
+            "dp-target-unclipped-quantile": 0 < self.dp_target_unclipped_quantile < 1,
+            "dp-clipped-count-stddev": math.isfinite(self.dp_clipped_count_stddev)
+            and self.dp_clipped_count_stddev >= 0,
+        }
+        for key, ok in adaptive_ranges.items():
+            if not ok:
+                raise ConfigError(f"{key} is out of range")
         self.accountant_config()
 
     def dp_budget(self) -> float | None:

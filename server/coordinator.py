@@ -27,20 +27,27 @@ from flwr.serverapp import Grid
 
 from ztfl.aggregation import ModelSpec, Pipeline, ToleranceError
 from ztfl.aggregation.privacy.accounting import PrivacyAccountant
-from ztfl.aggregation.privacy.clipping import clip_updates
+from ztfl.aggregation.privacy.adaptive_clipping import (
+    AdaptiveClipNorm,
+    AdaptiveClippingConfig,
+    update_noise_multiplier,
+)
+from ztfl.aggregation.privacy.clipping import UnclippedCount, clip_updates
 from ztfl.aggregation.privacy.noise import gaussian_noise, secure_generator
 from ztfl.aggregation.privacy.sensitivity import (
+    DPConfigurationError,
     Sensitivity,
     fixed_denominator_mean,
     pipeline_sensitivity,
 )
 from ztfl.aggregation.steps import Clip, Mean
 from ztfl.client import protocol
+from ztfl.client.policy import RoundPrivacy
 from ztfl.trust.audit import AuditEventKind, AuditHead
 from ztfl.trust.keys import SigningKey
 
 from .arrays import vector_to_record, vector_to_weights, weights_to_vector
-from .config import CoordinatorConfig
+from .config import ConfigError, CoordinatorConfig
 from .crash import CrashPoint, crash_point
 from .history import (
     RoundObserver,
@@ -139,6 +146,8 @@ class Coordinator:
         self.accountant: PrivacyAccountant | None = None
         self._population: int | None = None
         self._sensitivity: Sensitivity | None = None
+        self._adaptive_clip: AdaptiveClipNorm | None = None
+        self._update_noise_multiplier: float | None = None
         self._noise_generator = noise_generator or secure_generator()
         # Poisson sampling draws from the secure generator unless a seed asks for a replay.
         self._dp_sampling_generator = None if config.seed is not None else secure_generator()
@@ -161,6 +170,8 @@ class Coordinator:
                     state.privacy["accountant"], expected_config=self.accountant.config
                 )
                 self._population = int(state.privacy["population"])
+                self._set_up_privacy()
+                self._restore_adaptive_clip(state.privacy.get("clip"))
             if self.accountant is not None:
                 # Rounds that sampled after the last state commit (a crash mid-round) were
                 # released in part (the sampling, maybe a broadcast): they count too.
@@ -187,6 +198,8 @@ class Coordinator:
                 record = self.run_round(grid, server_round)
             except PrivacyBudgetExhaustedError as error:
                 logger.warning("training stopped: %s", error)
+                self.history.stop_reason = f"privacy budget: {error}"
+                self._commit_state()
                 break
             for observer in self._observers:
                 observer.on_round_end(record)
@@ -219,11 +232,20 @@ class Coordinator:
                 aggregation_generator=generator_state,
                 node_digests={str(node): digest for node, digest in self._node_digests.items()},
                 history=self.history.to_json(),
-                privacy=None
-                if self.accountant is None or self._population is None
-                else {"accountant": self.accountant.to_state(), "population": self._population},
+                privacy=self._privacy_state(),
             )
         )
+
+    def _privacy_state(self) -> dict[str, object] | None:
+        if self.accountant is None or self._population is None:
+            return None
+        state: dict[str, object] = {
+            "accountant": self.accountant.to_state(),
+            "population": self._population,
+        }
+        if self._adaptive_clip is not None:
+            state["clip"] = self._adaptive_clip.state()
+        return state
 
     def _rounds_started_after(self, audit_head: str) -> int:
         start = AuditHead.parse(audit_head).seq + 1
@@ -260,10 +282,10 @@ class Coordinator:
         if self.accountant is None or self._sensitivity is None:
             return None
         accountant = self.accountant.config
-        return {
+        record: dict[str, float | int | str] = {
             "mechanism": "gaussian",
             "noise_multiplier": accountant.noise_multiplier,
-            "clip_norm": self.config.dp_clip_norm,
+            "clip_norm": self.clip_norm,
             "sampling_rate": self.config.dp_sampling_rate,
             "delta": accountant.delta,
             "epsilon": self.accountant.epsilon(),
@@ -272,6 +294,69 @@ class Coordinator:
             "expected_clients": self._expected_clients(),
             "sensitivity": self._sensitivity.l2,
         }
+        if self._adaptive_clip is not None:
+            assert self._update_noise_multiplier is not None
+            record["adaptive_clipping"] = "andrew2021"
+            record["update_noise_multiplier"] = self._update_noise_multiplier
+            record["count_noise_stddev"] = self._adaptive_clip.config.count_noise_stddev
+            record["target_unclipped_quantile"] = self.config.dp_target_unclipped_quantile
+        return record
+
+    @property
+    def clip_norm(self) -> float:
+        """This round's DP clip norm C: the adaptive one, or ``dp-clip-norm``."""
+        if self._adaptive_clip is not None:
+            return self._adaptive_clip.clip_norm
+        return self.config.dp_clip_norm
+
+    def _set_up_privacy(self) -> None:
+        """Once the population N is known: adaptive clipping's parameters (σ_b defaults to
+        m/20) and the update's share of the noise, z_Δ (z itself without adaptive clipping).
+
+        Raises ConfigError when σ_b is too small for z (the count would need the whole budget).
+        """
+        assert self.accountant is not None
+        noise_multiplier = self.accountant.config.noise_multiplier
+        if not self.config.dp_adaptive_clipping:
+            self._update_noise_multiplier = noise_multiplier
+            return
+        expected = self._expected_clients()
+        stddev = self.config.dp_clipped_count_stddev or expected / 20
+        try:
+            self._update_noise_multiplier = update_noise_multiplier(noise_multiplier, stddev)
+            self._adaptive_clip = AdaptiveClipNorm(
+                AdaptiveClippingConfig(
+                    initial_clip_norm=self.config.dp_clip_norm,
+                    count_noise_stddev=stddev,
+                    expected_clients=expected,
+                    learning_rate=self.config.dp_clip_learning_rate,
+                    target_unclipped_quantile=self.config.dp_target_unclipped_quantile,
+                )
+            )
+        except DPConfigurationError as error:
+            raise ConfigError(f"dp-clipped-count-stddev: {error}") from error
+
+    def _restore_adaptive_clip(self, clip_state: object) -> None:
+        """Bring back the persisted adaptive clip norm (the next round's C)."""
+        clip = self._adaptive_clip
+        if clip is not None and isinstance(clip_state, dict):
+            self._adaptive_clip = AdaptiveClipNorm.from_state(clip.config, clip_state)
+
+    def _round_privacy(self) -> RoundPrivacy:
+        """What the training messages declare, for the clients' policy floors."""
+        if self.accountant is None:
+            return RoundPrivacy(dp=False)
+        accountant = self.accountant.config
+        return RoundPrivacy(
+            dp=True,
+            clip_norm=self.clip_norm,
+            noise_multiplier=accountant.noise_multiplier,
+            delta=accountant.delta,
+            epsilon_spent=self.accountant.epsilon(),
+            epsilon_budget=self.config.dp_budget(),
+            sampling_rate=self.config.dp_sampling_rate,
+            accountant=accountant.kind,
+        )
 
     def _expected_clients(self) -> int:
         """m = q·N rounded, at least 1: the fixed denominator of the DP mean."""
@@ -284,12 +369,13 @@ class Coordinator:
             return self._sampler.sample(node_ids, self.config.clients_per_round)
         if self._population is None:
             self._population = len(node_ids)
-        if self._sensitivity is None:
-            self._sensitivity = pipeline_sensitivity(
-                self.pipeline,
-                clip_norm=self.config.dp_clip_norm,
-                expected_clients=self._expected_clients(),
-            )
+            self._set_up_privacy()
+        # The round's own clip norm sets the round's sensitivity (it changes with adaptive C).
+        self._sensitivity = pipeline_sensitivity(
+            self.pipeline,
+            clip_norm=self.clip_norm,
+            expected_clients=self._expected_clients(),
+        )
         sampled = self._sampler.sample_poisson(
             node_ids, self.config.dp_sampling_rate, self._dp_sampling_generator
         )
@@ -299,12 +385,13 @@ class Coordinator:
 
     def _private_aggregate(self, matrix: torch.Tensor) -> torch.Tensor:
         """Clip every update to C, aggregate (fixed-denominator mean or the robust rule) and
-        add N(0, (z·Δ)²) noise from the secure generator; raises ToleranceError as the rule."""
-        assert self.accountant is not None
+        add N(0, (z_Δ·Δ)²) noise from the secure generator; raises ToleranceError as the rule.
+
+        z_Δ is z without adaptive clipping, and the update's share of z with it (the rest
+        noises the unclipped count)."""
+        assert self._update_noise_multiplier is not None
         assert self._sensitivity is not None
-        if matrix.shape[0] == 0:
-            raise ToleranceError("no valid update (Poisson sampling may draw no node)")
-        clipped = clip_updates(matrix, self.config.dp_clip_norm, validated=True).updates
+        clipped = clip_updates(matrix, self.clip_norm, validated=True).updates
         if isinstance(self.pipeline.rule, Mean):
             for step in self.pipeline.pre_steps:
                 if isinstance(step, Clip):
@@ -314,7 +401,7 @@ class Coordinator:
             aggregate = self.pipeline(
                 clipped, None, generator=self._aggregation_generator, validated=True
             ).aggregate
-        std = self.accountant.config.noise_multiplier * self._sensitivity.l2
+        std = self._update_noise_multiplier * self._sensitivity.l2
         noise = gaussian_noise(
             aggregate.shape,
             std,
@@ -342,6 +429,7 @@ class Coordinator:
             max_update_norm=self.config.max_update_norm,
             weighting=self.config.weighting,
             max_examples=self.config.max_examples,
+            private=self.accountant is not None,
         )
         for refusal in collected.refused:
             logger.warning(
@@ -368,6 +456,8 @@ class Coordinator:
         crash_point(CrashPoint.BEFORE_AGGREGATION, server_round)
         aggregation_started = time.perf_counter()
         try:
+            if collected.matrix.shape[0] == 0:
+                raise ToleranceError("no valid update (every sampled node refused or failed)")
             if self.accountant is not None:
                 aggregate, selected_rows = self._private_aggregate(collected.matrix), None
             else:
@@ -410,13 +500,21 @@ class Coordinator:
             privacy=self._privacy_record(),
         )
         crash_point(CrashPoint.AFTER_MODEL_WRITE, server_round)
+        if self._adaptive_clip is not None:
+            # The next round's C, from this round's noisy unclipped count (the noise drawn
+            # from the same secure generator as the update's).
+            self._adaptive_clip.advance(
+                UnclippedCount(sum(collected.unclipped_bits), len(collected.unclipped_bits)),
+                self._noise_generator,
+            )
         selected = (
             tuple(collected.node_ids[row] for row in selected_rows)
             if selected_rows is not None and self.pipeline.preserves_rows
             else None
         )
         federated: dict[str, float] = {}
-        if self.config.federated_evaluation:
+        # In DP mode clients' evaluation figures would be released without noise: not asked.
+        if self.config.federated_evaluation and self.accountant is None:
             federated, evaluation_failures = self._evaluate_federated(grid, sampled, server_round)
             failures = failures + evaluation_failures
         ledger.round_completed(server_round)
@@ -483,6 +581,7 @@ class Coordinator:
     def _train_messages(self, nodes: Iterable[int], server_round: int) -> list[Message]:
         model = vector_to_record(self.global_vector, self.spec)
         revocations = self.ledger.revocations()
+        privacy = self._round_privacy().to_record()
         messages = []
         for node_id in nodes:
             config = ConfigRecord(
@@ -500,6 +599,7 @@ class Coordinator:
                     protocol.GLOBAL_MODEL_KEY: model,
                     protocol.CONFIG_KEY: config,
                     protocol.MANIFEST_KEY: self._manifest_record(node_id, revocations),
+                    protocol.PRIVACY_KEY: privacy,
                 }
             )
             messages.append(

@@ -112,6 +112,8 @@ class RunHistory:
 
     initial_metrics: dict[str, float] = field(default_factory=dict)
     rounds: list[RoundRecord] = field(default_factory=list)
+    stop_reason: str | None = None
+    """Why training stopped before its last round (e.g. the privacy budget), or None."""
 
     def accuracy_series(self) -> list[float]:
         """Central accuracy after each round (initial model first), where measured."""
@@ -126,6 +128,7 @@ class RunHistory:
         return {
             "initial_metrics": self.initial_metrics,
             "rounds": [record.to_json() for record in self.rounds],
+            "stop_reason": self.stop_reason,
         }
 
     @classmethod
@@ -134,6 +137,7 @@ class RunHistory:
         return cls(
             initial_metrics=dict(data.get("initial_metrics", {})),
             rounds=[RoundRecord.from_json(item) for item in data.get("rounds", [])],
+            stop_reason=data.get("stop_reason"),
         )
 
 

@@ -36,6 +36,14 @@ class CollectedUpdates:
     reported_examples: tuple[int, ...]
     refused: tuple[RefusedUpdate, ...]
     train_metrics: dict[str, float]
+    unclipped_bits: tuple[int, ...] = ()
+    """DP rounds: each accepted client's "update was within the clip norm" bit, row order."""
+
+
+# Refusals whose detail quotes the update's values (its norm, where it is non-finite): in DP
+# mode the detail is withheld, since it is an un-noised statistic of one client's data.
+VALUE_DEPENDENT_REFUSALS = frozenset({RefusalReason.NON_FINITE, RefusalReason.NORM_ABOVE_CAP})
+WITHHELD_DETAIL = "detail withheld in DP mode (it would describe one client's update)"
 
 
 def collect_updates(
@@ -46,14 +54,21 @@ def collect_updates(
     max_update_norm: float,
     weighting: Weighting,
     max_examples: int,
+    private: bool = False,
 ) -> CollectedUpdates:
-    """Validate and stack the replies of one training round."""
+    """Validate and stack the replies of one training round.
+
+    ``private`` (DP rounds): every update must carry its "unclipped" bit (0 or 1), client
+    training figures are ignored, and refusal details that describe an update's values are
+    withheld.
+    """
     expected = set(expected_nodes)
     matrix = np.empty((len(expected_nodes), spec.num_parameters), dtype=spec.dtype)
     accepted: list[int] = []
     examples: list[int] = []
     refused: list[RefusedUpdate] = []
     answered: set[int] = set()
+    bits: list[int] = []
     loss_sum, accuracy_sum, metric_count = 0.0, 0.0, 0
     for reply in replies:
         node_id = int(reply.metadata.src_node_id)
@@ -68,11 +83,20 @@ def collect_updates(
         answered.add(node_id)
         row = matrix[len(accepted)]
         refusal, num_examples = _check_reply(reply, spec, row, max_update_norm)
+        bit = None
+        if refusal is None and private:
+            bit, refusal = _unclipped_bit(reply)
         if refusal is not None:
-            refused.append(RefusedUpdate(node_id, refusal.reason, refusal.detail))
+            detail = refusal.detail
+            if private and refusal.reason in VALUE_DEPENDENT_REFUSALS:
+                detail = WITHHELD_DETAIL
+            refused.append(RefusedUpdate(node_id, refusal.reason, detail))
             continue
         accepted.append(node_id)
         examples.append(num_examples)
+        if bit is not None:
+            bits.append(bit)
+            continue
         metrics = reply.content[protocol.METRICS_KEY]
         loss, accuracy = metrics.get(protocol.TRAIN_LOSS), metrics.get(protocol.TRAIN_ACCURACY)
         # Client-reported figures are for display only; keep the display (and
@@ -97,8 +121,24 @@ def collect_updates(
         else {}
     )
     return CollectedUpdates(
-        stacked, tuple(accepted), weights, tuple(examples), tuple(refused), train_metrics
+        stacked,
+        tuple(accepted),
+        weights,
+        tuple(examples),
+        tuple(refused),
+        train_metrics,
+        tuple(bits),
     )
+
+
+def _unclipped_bit(reply: Message) -> tuple[int | None, Refusal | None]:
+    """The DP reply's "unclipped" bit, or the refusal of a reply without a valid one."""
+    bit = reply.content[protocol.METRICS_KEY].get(protocol.UNCLIPPED)
+    if isinstance(bit, bool) or bit not in (0, 1) or not isinstance(bit, int):
+        return None, Refusal(
+            RefusalReason.INVALID_METRICS, f"{protocol.UNCLIPPED} is {bit!r}, expected 0 or 1"
+        )
+    return bit, None
 
 
 def _check_reply(
@@ -106,7 +146,10 @@ def _check_reply(
 ) -> tuple[Refusal | None, int]:
     if reply.has_error():
         error = reply.error
-        return Refusal(RefusalReason.REPLY_ERROR, f"client error {error.code}: {error.reason}"), 0
+        name = _client_error_name(error.code)
+        return Refusal(
+            RefusalReason.REPLY_ERROR, f"client error {error.code}{name}: {error.reason}"
+        ), 0
     content = reply.content
     updates = content.array_records
     if list(updates) != [protocol.UPDATE_KEY]:
@@ -120,6 +163,13 @@ def _check_reply(
         return refusal, 0
     refusal, _ = check_row(torch.from_numpy(row), max_update_norm)
     return refusal, num_examples
+
+
+def _client_error_name(code: int) -> str:
+    try:
+        return f" ({protocol.ClientErrorCode(code).name})"
+    except ValueError:
+        return ""
 
 
 def _plausible(value: object, *, upper: float) -> TypeGuard[float]:

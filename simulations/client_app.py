@@ -29,6 +29,7 @@ from ztfl.client.app import (
     handle_train,
     node_config_anchor,
     node_config_lineage_dir,
+    node_privacy_policy,
     run_verified,
 )
 from ztfl.client.data import ClientData
@@ -71,7 +72,12 @@ def build_simulation_client_app(
 
         def handle(weights: Weights) -> Message:
             _reseed(message, context)
-            return handle_train(message, _simulated_data(message, context), weights=weights)
+            return handle_train(
+                message,
+                _simulated_data(message, context),
+                weights=weights,
+                policy=node_privacy_policy(context),
+            )
 
         return _tag(
             run_verified(message, context, load_anchor, handle, load_lineage_dir=load_lineage_dir),

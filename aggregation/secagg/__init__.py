@@ -1,1 +1,2 @@
-"""SecAgg+ (Bell et al. 2020) as pure state machines: signed key agreement, Shamir shares, keyed-cipher masks."""
+"""SecAgg+ (Bell et al. 2020) as pure state machines: signed key agreement, Shamir shares and
+keyed-cipher masks."""

@@ -1,1 +1,2 @@
-"""The client sidecar: presents the client certificate to the gateway and enforces the app-bundle allow-list."""
+"""The client sidecar: presents the client certificate to the gateway, enforces the app-bundle
+allow-list."""

@@ -30,9 +30,10 @@ from ztfl.client import protocol
 from ztfl.client.app import build_client_app
 from ztfl.client.data import ClientData
 from ztfl.client.models import build_model
+from ztfl.client.policy import RoundPrivacy
 from ztfl.client.trainer import evaluate, load_weights, model_weights
 from ztfl.client.trust_anchor import write_trust_anchor
-from ztfl.server.config import CoordinatorConfig
+from ztfl.server.config import ConfigError, CoordinatorConfig
 from ztfl.server.coordinator import (
     Coordinator,
     NotEnoughNodesError,
@@ -41,6 +42,7 @@ from ztfl.server.coordinator import (
 )
 from ztfl.server.history import RoundRecord
 from ztfl.server.ledger import PUBLIC_KEY_FILE, LedgerError, RunLedger, prepare_state_dir
+from ztfl.server.unpacking import WITHHELD_DETAIL
 from ztfl.simulations.datasets import digits_holdout, load_digits_partition
 from ztfl.trust.audit import AuditEventKind
 from ztfl.trust.keys import generate_signing_key
@@ -82,6 +84,7 @@ class LoopbackGrid(Grid):
         *,
         lineage_dirs: Mapping[int, Path] | None = None,
         flower_run_id: int = 1,
+        node_settings: Mapping[int, Mapping[str, bool | float | int | str]] | None = None,
     ) -> None:
         self._client_app = client_app
 
@@ -89,6 +92,7 @@ class LoopbackGrid(Grid):
             config: dict[str, bool | float | int | str] = {"trust-anchor": str(anchor_file())}
             if lineage_dirs is not None:
                 config["lineage-dir"] = str(lineage_dirs[node_id])
+            config.update((node_settings or {}).get(node_id, {}))
             return config
 
         self._contexts = {
@@ -760,6 +764,8 @@ def test_a_round_that_would_exceed_the_budget_is_not_run_and_is_audited(
     assert len(events) == 1
     assert (events[0].round, events[0].reason) == (3, "budget_exceeded")
     assert events[0].details["epsilon_budget"] == pytest.approx(budget)
+    assert history.stop_reason is not None
+    assert "above the budget" in history.stop_reason
     with pytest.raises(PrivacyBudgetExhaustedError, match="above the budget"):
         coordinator.run_round(grid, 3)
 
@@ -821,3 +827,150 @@ def test_a_dp_round_interrupted_before_its_state_commit_still_counts_after_a_res
     assert again.accountant is not None
     assert again.accountant.rounds == 2
     resumed.close()
+
+
+# ------------------------------------------------------------------ clients' policy floors
+
+
+def test_a_node_whose_policy_floor_the_round_misses_refuses_it_and_the_refusal_is_audited(
+    node_data: Mapping[int, ClientData],
+) -> None:
+    strict = LoopbackGrid(
+        build_client_app(lambda context: node_data[context.node_id]),
+        NODE_IDS,
+        node_settings={101: {"max-clip-norm": 0.5}},
+    )
+    coordinator = make_dp_coordinator(dp_sampling_rate=1.0)
+    record = coordinator.run_round(strict, 1)
+    assert record.committed
+    assert 101 not in record.accepted_nodes
+    (refused,) = record.refused
+    assert (refused.node_id, refused.reason) == (101, RefusalReason.REPLY_ERROR)
+    assert "POLICY_FLOOR" in refused.detail
+    assert "clip norm 1 is above this node's maximum 0.5" in refused.detail
+    audited = [
+        event
+        for event in coordinator.ledger.audit.records()
+        if event.kind is AuditEventKind.UPDATE_REFUSED
+    ]
+    assert [(event.reason, event.node_id) for event in audited] == [("reply_error", 101)]
+
+
+def test_every_training_message_declares_the_rounds_dp_settings(grid: LoopbackGrid) -> None:
+    coordinator = make_dp_coordinator(dp_epsilon_budget=50.0)
+    coordinator.run_round(grid, 1)
+    train = [m for m in grid.sent if m.metadata.message_type == MessageType.TRAIN]
+    assert train
+    assert coordinator.accountant is not None
+    for message in train:
+        declared = RoundPrivacy.from_record(message.content.config_records[protocol.PRIVACY_KEY])
+        assert declared.dp
+        assert (declared.clip_norm, declared.noise_multiplier, declared.delta) == (1.0, 1.0, 1e-5)
+        assert declared.epsilon_budget == 50.0
+        assert declared.epsilon_spent == pytest.approx(coordinator.accountant.epsilon())
+
+
+def test_a_round_without_dp_declares_it_so_nodes_that_require_dp_refuse(
+    node_data: Mapping[int, ClientData],
+) -> None:
+    strict = LoopbackGrid(
+        build_client_app(lambda context: node_data[context.node_id]),
+        NODE_IDS,
+        node_settings={node: {"require-dp": True} for node in NODE_IDS},
+    )
+    record = make_coordinator().run_round(strict, 1)
+    assert not record.committed
+    assert {item.node_id for item in record.refused} == set(NODE_IDS)
+    assert all("no differential privacy" in item.detail for item in record.refused)
+
+
+# ------------------------------------------------------------------ what DP mode keeps private
+
+
+def test_a_dp_round_keeps_no_client_figures_and_asks_for_no_federated_evaluation(
+    grid: LoopbackGrid,
+) -> None:
+    coordinator = make_dp_coordinator(dp_sampling_rate=1.0, federated_evaluation=True)
+    record = coordinator.run_round(grid, 1)
+    assert record.committed
+    assert record.train_metrics == {}
+    assert record.federated_metrics == {}
+    assert all(m.metadata.message_type == MessageType.TRAIN for m in grid.sent)
+
+
+def test_in_dp_mode_a_refusal_does_not_quote_the_updates_norm(grid: LoopbackGrid) -> None:
+    coordinator = make_dp_coordinator(dp_sampling_rate=1.0, max_update_norm=1e-6)
+    record = coordinator.run_round(grid, 1)
+    assert {item.reason for item in record.refused} == {RefusalReason.NORM_ABOVE_CAP}
+    assert all(item.detail == WITHHELD_DETAIL for item in record.refused)
+    for event in coordinator.ledger.audit.records():
+        if event.kind is AuditEventKind.UPDATE_REFUSED:
+            assert event.details["detail"] == WITHHELD_DETAIL
+
+
+# ------------------------------------------------------------------ adaptive clipping
+
+ADAPTIVE: dict[str, object] = {
+    "dp_adaptive_clipping": True,
+    "dp_clip_norm": 10.0,
+    "dp_noise_multiplier": 0.5,
+    "dp_clipped_count_stddev": 0.3,
+    "dp_sampling_rate": 1.0,
+}
+"""m = 5 clients, so b̃'s noise has std σ_b/m = 0.06: small enough for the direction of C's
+steps to be certain while every update is far inside the clip norm."""
+
+
+def test_adaptive_clipping_shrinks_a_clip_norm_no_update_reaches(grid: LoopbackGrid) -> None:
+    coordinator = make_dp_coordinator(**ADAPTIVE)
+    norms = []
+    for server_round in (1, 2, 3):
+        record = coordinator.run_round(grid, server_round)
+        assert record.privacy is not None
+        norms.append(record.privacy["clip_norm"])
+    # Every digits update is far below C = 10, so b̃ ≈ 1 and C shrinks by about e^(−0.2·0.5).
+    assert norms[0] == 10.0
+    assert norms[0] > norms[1] > norms[2]
+    assert norms[1] / norms[0] == pytest.approx(np.exp(-0.1), rel=0.2)
+
+
+def test_each_round_is_clipped_and_noised_with_its_own_clip_norm(grid: LoopbackGrid) -> None:
+    coordinator = make_dp_coordinator(**ADAPTIVE)
+    coordinator.run_round(grid, 1)
+    grid.sent.clear()
+    second = coordinator.run_round(grid, 2)
+    assert second.privacy is not None
+    train = [m for m in grid.sent if m.metadata.message_type == MessageType.TRAIN]
+    declared = {
+        RoundPrivacy.from_record(m.content.config_records[protocol.PRIVACY_KEY]).clip_norm
+        for m in train
+    }
+    assert declared == {second.privacy["clip_norm"]}
+    # The update's share of the noise: z_Δ = (z⁻² − (2σ_b)⁻²)^(−1/2) with z = 0.5, σ_b = 0.3.
+    assert second.privacy["update_noise_multiplier"] == pytest.approx((4 - 0.6**-2) ** -0.5)
+    assert second.privacy["sensitivity"] == pytest.approx(second.privacy["clip_norm"] / 5)
+
+
+def test_the_adaptive_clip_norm_survives_a_resume(grid: LoopbackGrid) -> None:
+    coordinator = make_dp_coordinator(**ADAPTIVE)
+    coordinator.run_round(grid, 1)
+    carried = coordinator.clip_norm
+    assert carried < 10.0
+    config, ledger = coordinator.config, coordinator.ledger
+    ledger.close()
+    initial = model_weights(build_model("mlp", seed=0))
+    resumed = open_ledger(config, initial, state_dir=ledger.state_dir, key=SIGNING_KEY, resume=True)
+    again = Coordinator(config, initial, ledger=resumed)
+    assert again.clip_norm == carried
+    record = again.run_round(grid, 2)
+    assert record.privacy is not None
+    assert record.privacy["clip_norm"] == carried
+    resumed.close()
+
+
+def test_a_count_noise_too_small_for_the_noise_multiplier_is_refused_naming_the_key(
+    grid: LoopbackGrid,
+) -> None:
+    coordinator = make_dp_coordinator(**{**ADAPTIVE, "dp_clipped_count_stddev": 0.2})
+    with pytest.raises(ConfigError, match="dp-clipped-count-stddev"):
+        coordinator.run_round(grid, 1)
