@@ -7,8 +7,10 @@ import os
 import typer
 
 from .audit import audit_app
+from .client import client_app
 from .coordinator import coordinator_app
 from .model import app as model_app
+from .pki import pki_app
 from .simulate import simulate
 
 # Offline by default: no Flower telemetry, no Ray usage statistics.
@@ -27,6 +29,8 @@ app.command()(simulate)
 app.add_typer(model_app, name="model")
 app.add_typer(audit_app)
 app.add_typer(coordinator_app)
+app.add_typer(pki_app, name="pki")
+app.add_typer(client_app, name="client")
 
 
 @app.command()

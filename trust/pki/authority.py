@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -83,12 +84,17 @@ class Authority:
         write_registry(self.layout.registry, registry)
         return Authority(self.layout, self.certificate, self.private_key, registry, self.audit_log)
 
-    def audit(self, kind: AuditEventKind, details: Mapping[str, object]) -> None:
-        """Append one event to the audit log, when the CA was opened with one."""
+    def audit(
+        self, kind: AuditEventKind, details: Mapping[str, object], reason: str | None = None
+    ) -> None:
+        """Append one event to the audit log, when the CA was opened with one.
+
+        The run id is ``pki:<federation>``: CA events belong to no training run.
+        """
         if self.audit_log is None:
             return
         with AuditLog.open(self.audit_log, create=not self.audit_log.exists()) as log:
-            log.append(kind, run_id=f"pki:{self.federation}", details=details)
+            log.append(kind, run_id=f"pki:{self.federation}", reason=reason, details=details)
 
 
 def _ca_certificate(
@@ -150,6 +156,8 @@ def init_authority(
 
     Writes ca-key.pem (0600, encrypted with ``passphrase`` if given), ca.pem, an
     empty registry and an empty signed CRL. Refuses a folder that already holds a CA.
+    With ``audit_log``, records ``config_changed`` (setting ``federation_ca``, the new
+    CA certificate's SHA-256).
     """
     validate_federation(federation)
     if not 1 <= validity_days <= 50 * 365:
@@ -173,6 +181,16 @@ def init_authority(
     registry = Registry(federation, crl_validity_days, crl_number=0)
     authority = Authority(layout, certificate, key, registry, audit_log)
     reissue_crl(authority, now=moment)
+    authority.audit(
+        AuditEventKind.CONFIG_CHANGED,
+        {
+            "setting": "federation_ca",
+            "old": None,
+            "new": hashlib.sha256(certificate.public_bytes(serialization.Encoding.DER)).hexdigest(),
+            "spiffe_id": f"{SPIFFE_SCHEME}{federation}",
+            "not_after": certificate.not_valid_after_utc.isoformat(),
+        },
+    )
     return layout
 
 

@@ -196,7 +196,7 @@ def _record(authority: Authority, certificate: x509.Certificate, identity: Ident
             "spiffe_id": identity.spiffe_id,
             "serial": entry.serial_hex,
             "not_after": entry.not_after.isoformat(),
-            "public_key_sha256": entry.public_key_sha256,
+            "public_key_fingerprint": entry.public_key_sha256,
         },
     )
     return updated
@@ -350,5 +350,6 @@ def revoke_certificate(
                 "revocation_reason": reason.value,
                 "crl_number": updated.registry.crl_number,
             },
+            reason=reason.value,
         )
     return updated, revoked
