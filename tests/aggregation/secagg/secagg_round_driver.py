@@ -142,3 +142,19 @@ def clipped_inputs(
             [int(target < CLIP_NORM)],
         )
     return inputs
+
+
+def answer(
+    group: Group,
+    messages: Mapping[str, ServerMessage],
+    inputs: Mapping[str, tuple[np.ndarray, list[int]]] | None = None,
+) -> list[ClientReply]:
+    """Every addressed member's reply (setting its input first for the masked-input stage)."""
+    replies = []
+    for member, message in messages.items():
+        if isinstance(message, MaskedInputRequest):
+            assert inputs is not None
+            vector, extras = inputs[member]
+            group.clients[member].set_input(vector, extras=extras)
+        replies.append(group.clients[member].handle(message))
+    return replies
