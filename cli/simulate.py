@@ -16,14 +16,17 @@ if TYPE_CHECKING:
 
 console = Console()
 
+BUDGET_EXHAUSTED_EXIT = 3
+"""Exit status when a run stopped because its next round would have exceeded its ε budget."""
+
 
 def simulate(
     scenario_file: Annotated[
         Path | None,
         typer.Argument(
-            help="Scenario TOML file. Default: the embedded scenario (20 clients, 4 attackers, "
-            "Dirichlet 0.5, scaled sign flip; mean vs median vs the ztfl default pipeline).",
-            exists=True,
+            help="Scenario TOML file, or a built-in scenario's name (default, alie-stress, dp). "
+            "Default: the embedded scenario (20 clients, 4 attackers, Dirichlet 0.5, scaled "
+            "sign flip; mean vs median vs the ztfl default pipeline).",
             dir_okay=False,
         ),
     ] = None,
@@ -56,9 +59,11 @@ def simulate(
     """Train through Flower with robust aggregation while a simulated adversary attacks.
 
     Prints a live progress bar per run and a final table; writes metrics.json,
-    rounds.csv, summary.md and accuracy.png into a fresh run folder, whose
-    state/ subfolder holds the signed models, the audit log and the
-    coordinator state of every run.
+    rounds.csv, summary.md and accuracy.png (with DP also privacy.png, accuracy
+    against ε) into a fresh run folder, whose state/ subfolder holds the signed
+    models, the audit log and the coordinator state of every run. DP runs print
+    ε after every round. Exit status 3: a run stopped early because its next
+    round would have exceeded its privacy budget (its outputs are written).
     """
     from ztfl.server.ledger import LedgerError
     from ztfl.server.run_state import StateFileError
@@ -140,6 +145,14 @@ def simulate(
     write_outputs(run_dir, scenario, results)
     _print_summary(summarise(results))
     console.print(f"finished in {time.perf_counter() - started:.0f} s; outputs in {run_dir}")
+    stopped = [result for result in results if result.history.stop_reason]
+    for result in stopped:
+        console.print(
+            f"[yellow]stopped early:[/yellow] {result.spec.label}: {result.history.stop_reason}",
+            soft_wrap=True,
+        )
+    if stopped:
+        raise typer.Exit(code=BUDGET_EXHAUSTED_EXIT)
 
 
 def _print_summary(rows: list[SummaryRow]) -> None:

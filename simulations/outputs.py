@@ -30,6 +30,7 @@ class SummaryRow:
 
 
 PLAN_FILE = "plan.json"
+PRIVACY_PLOT = "privacy.png"
 
 
 class SavedPlanError(ValueError):
@@ -90,12 +91,15 @@ def summarise(results: Sequence[RunResult]) -> list[SummaryRow]:
 
 
 def write_outputs(run_dir: Path, scenario: Scenario, results: Sequence[RunResult]) -> None:
-    """Write metrics.json, rounds.csv, summary.csv/.md and accuracy.png into ``run_dir``."""
+    """Write metrics.json, rounds.csv, summary.csv/.md and accuracy.png into ``run_dir``, and
+    privacy.png (accuracy against ε) when a run used differential privacy."""
     rows = summarise(results)
     (run_dir / "metrics.json").write_text(json.dumps(_metrics(scenario, results, rows), indent=2))
     _write_rounds_csv(run_dir / "rounds.csv", results)
     _write_summary(run_dir, rows)
     plot_accuracy(run_dir / "accuracy.png", scenario, results)
+    if any(result.spec.defence.private for result in results):
+        plot_accuracy_against_epsilon(run_dir / PRIVACY_PLOT, scenario, results)
 
 
 def _metrics(scenario: Scenario, results: Sequence[RunResult], rows: list[SummaryRow]) -> Any:
@@ -135,7 +139,7 @@ def _write_rounds_csv(path: Path, results: Sequence[RunResult]) -> None:
         writer.writerow(
             [
                 "defence", "pipeline", "attack", "seed", "round", "accuracy", "loss",
-                "accepted", "refused", "committed", "aggregation_s", "round_s",
+                "accepted", "refused", "committed", "aggregation_s", "round_s", "epsilon",
             ]
         )  # fmt: skip
         for result in results:
@@ -143,7 +147,8 @@ def _write_rounds_csv(path: Path, results: Sequence[RunResult]) -> None:
             initial = result.history.initial_metrics
             writer.writerow(
                 [spec.defence.label, spec.defence.pipeline, spec.attack, spec.seed, 0,
-                 initial.get("accuracy", ""), initial.get("loss", ""), "", "", "", "", ""]
+                 initial.get("accuracy", ""), initial.get("loss", ""), "", "", "", "", "",
+                 0.0 if spec.defence.private else ""]
             )  # fmt: skip
             for record in result.history.rounds:
                 writer.writerow(
@@ -153,6 +158,7 @@ def _write_rounds_csv(path: Path, results: Sequence[RunResult]) -> None:
                         record.central_metrics.get("loss", ""), len(record.accepted_nodes),
                         len(record.refused), record.committed, f"{record.aggregation_s:.6f}",
                         f"{record.round_s:.4f}",
+                        "" if record.privacy is None else record.privacy["epsilon"],
                     ]
                 )  # fmt: skip
 
@@ -250,3 +256,58 @@ def plot_accuracy(path: Path, scenario: Scenario, results: Sequence[RunResult]) 
 def _mean_curve(runs: list[list[float]]) -> tuple[range, list[float]]:
     length = min(len(run) for run in runs)
     return range(length), [statistics.fmean(run[i] for run in runs) for i in range(length)]
+
+
+def plot_accuracy_against_epsilon(
+    path: Path, scenario: Scenario, results: Sequence[RunResult]
+) -> None:
+    """Held-out accuracy against the ε spent so far (δ fixed), one curve per DP defence (seeds
+    averaged round by round); runs without DP are drawn as dashed horizontal lines at their
+    final accuracy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves: dict[str, list[tuple[list[float], list[float]]]] = defaultdict(list)
+    finals: dict[str, list[float]] = defaultdict(list)
+    delta = None
+    for result in results:
+        label = result.spec.defence.label
+        if not result.spec.defence.private:
+            finals[label].append(result.final_accuracy)
+            continue
+        epsilons, accuracies = [0.0], [result.history.accuracy_series()[0]]
+        for record in result.history.rounds:
+            if record.privacy is None:
+                continue
+            delta = record.privacy["delta"]
+            epsilons.append(float(record.privacy["epsilon"]))
+            accuracies.append(record.central_metrics.get("accuracy", float("nan")))
+        curves[label].append((epsilons, accuracies))
+    figure, axis = plt.subplots(figsize=(7.0, 4.4))
+    for label, runs in curves.items():
+        length = min(len(epsilons) for epsilons, _ in runs)
+        axis.plot(
+            [statistics.fmean(run[0][i] for run in runs) for i in range(length)],
+            [statistics.fmean(run[1][i] for run in runs) for i in range(length)],
+            marker=".",
+            label=label,
+        )
+    for label, accuracies in finals.items():
+        axis.axhline(statistics.fmean(accuracies), linestyle="--", color="grey", linewidth=1)
+        axis.annotate(label, (0, statistics.fmean(accuracies)), fontsize=8, color="grey")
+    axis.set_xscale("symlog", linthresh=0.1)
+    axis.set_xlim(left=0)
+    axis.set_xlabel(f"ε spent (δ = {delta:g})" if delta is not None else "ε spent")
+    axis.set_ylabel("held-out accuracy")
+    axis.set_ylim(0, 1)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8, loc="lower right")
+    axis.set_title(
+        f"{scenario.name}: accuracy against privacy spent ({scenario.num_clients} clients)",
+        fontsize=10,
+    )
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)

@@ -23,6 +23,7 @@ def simulation_progress() -> Progress:
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("acc {task.fields[accuracy]}"),
+        TextColumn("{task.fields[epsilon]}"),
         TextColumn("{task.fields[note]}", style="yellow"),
         TimeElapsedColumn(),
     )
@@ -41,8 +42,10 @@ class ProgressObserver:
     ) -> None:
         self._progress = progress
         self._overall = overall
+        self._name = f"{spec.defence.label} (seed {spec.seed})"
+        self._private = spec.defence.private
         self._task = progress.add_task(
-            spec.label, total=rounds, accuracy="  —  ", note="", start=False
+            spec.label, total=rounds, accuracy="  —  ", epsilon="", note="", start=False
         )
 
     def on_run_start(self, num_rounds: int, initial_metrics: dict[str, float]) -> None:
@@ -54,9 +57,23 @@ class ProgressObserver:
         note = f"{refused} refused" if refused else ""
         if not record.committed:
             note = f"skipped: {record.skip_reason}"
+        epsilon = "" if record.privacy is None else f"ε {record.privacy['epsilon']:.3g}"
         self._progress.update(
-            self._task, advance=1, accuracy=_percent(record.central_metrics), note=note
+            self._task,
+            advance=1,
+            accuracy=_percent(record.central_metrics),
+            epsilon=epsilon,
+            note=note,
         )
+        if self._private and record.privacy is not None:
+            # DP runs print every round's ε (δ fixed), so the spending stays on screen.
+            privacy = record.privacy
+            self._progress.console.print(
+                f"{self._name} round {record.server_round}: "
+                f"acc {_percent(record.central_metrics).strip()}, ε {privacy['epsilon']:.3g} "
+                f"(δ {privacy['delta']:g}), C {privacy['clip_norm']:.3g}",
+                highlight=False,
+            )
         task = next(t for t in self._progress.tasks if t.id == self._task)
         if self._overall is not None and task.finished:
             # In a matrix only the overall bar stays; finished runs make room.

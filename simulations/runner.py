@@ -134,20 +134,7 @@ class SessionFiles:
 
 def coordinator_config(scenario: Scenario, spec: RunSpec) -> CoordinatorConfig:
     """The production coordinator's configuration for one simulated run."""
-    return CoordinatorConfig(
-        num_rounds=scenario.rounds,
-        clients_per_round=scenario.clients_per_round,
-        min_nodes=scenario.num_clients,
-        pipeline=spec.defence.pipeline,
-        num_byzantine=spec.defence.num_byzantine,
-        max_update_norm=scenario.max_update_norm,
-        model=scenario.model,
-        local_epochs=scenario.local_epochs,
-        learning_rate=scenario.learning_rate,
-        batch_size=scenario.batch_size,
-        seed=spec.seed,
-        federated_evaluation=False,
-    )
+    return replace(scenario.coordinator_settings(spec.defence), seed=spec.seed)
 
 
 GridWrapper = Callable[[Any, RunSpec, Path], Any]

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ztfl.aggregation import build_pipeline
+from ztfl.server.config import ConfigError, CoordinatorConfig
 
 from .attacks import resolve_attack
 from .datasets import check_partitioning
@@ -25,13 +26,24 @@ class ScenarioError(ValueError):
     """A scenario file is missing a value or holds an invalid one."""
 
 
+Setting = bool | int | float | str
+
+
 @dataclass(frozen=True)
 class Defence:
-    """One aggregation pipeline and the number of Byzantine clients it is built to tolerate."""
+    """One aggregation pipeline, the number of Byzantine clients it is built to tolerate, and
+    optionally differential privacy (``dp-*`` coordinator settings, e.g. ``dp = true``,
+    ``dp-target-epsilon = 4.0``; docs/configuration.md)."""
 
     label: str
     pipeline: str
     num_byzantine: int
+    settings: tuple[tuple[str, Setting], ...] = ()
+
+    @property
+    def private(self) -> bool:
+        """Whether this defence runs with differential privacy."""
+        return dict(self.settings).get("dp") is True
 
 
 @dataclass(frozen=True)
@@ -85,6 +97,35 @@ class Scenario:
             pipeline = build_pipeline(defence.pipeline, num_byzantine=defence.num_byzantine)
             per_round = self.clients_per_round or self.num_clients
             pipeline.check(per_round)
+            if defence.settings:
+                self.coordinator_settings(defence)
+
+    def coordinator_settings(self, defence: Defence) -> CoordinatorConfig:
+        """The coordinator configuration of one defence in this scenario (file paths unset).
+
+        Raises ScenarioError naming the defence for a setting the coordinator refuses.
+        """
+        base = CoordinatorConfig(
+            num_rounds=self.rounds,
+            clients_per_round=self.clients_per_round,
+            min_nodes=self.num_clients,
+            pipeline=defence.pipeline,
+            num_byzantine=defence.num_byzantine,
+            max_update_norm=self.max_update_norm,
+            model=self.model,
+            local_epochs=self.local_epochs,
+            learning_rate=self.learning_rate,
+            batch_size=self.batch_size,
+            federated_evaluation=False,
+        )
+        if not defence.settings:
+            return base
+        try:
+            return CoordinatorConfig.from_run_config(
+                {**base.to_run_config(), "seed": "", **dict(defence.settings)}
+            )
+        except ConfigError as error:
+            raise ScenarioError(f"defence {defence.label!r}: {error}") from error
 
     def runs(self) -> list[RunSpec]:
         """The side-by-side runs: each defence under the attack (and the clean reference)."""
@@ -115,7 +156,17 @@ class Scenario:
         """Rebuild a scenario written by :meth:`to_json` (e.g. to resume a simulation)."""
         values = dict(data)
         for name in ("defences", "matrix_defences"):
-            values[name] = tuple(Defence(**item) for item in values.get(name, ()))
+            values[name] = tuple(
+                Defence(
+                    **{
+                        **item,
+                        "settings": tuple(
+                            (str(key), value) for key, value in item.get("settings", ())
+                        ),
+                    }
+                )
+                for item in values.get(name, ())
+            )
         for name in ("seeds", "matrix_attacks", "matrix_seeds"):
             values[name] = tuple(values.get(name, ()))
         try:
@@ -128,14 +179,36 @@ class Scenario:
         return replace(self, **{key: value for key, value in changes.items() if value is not None})
 
 
+def builtin_scenarios() -> tuple[str, ...]:
+    """Names of the scenarios shipped in the package (``ztfl simulate NAME``)."""
+    folder = resources.files("ztfl.simulations").joinpath("scenarios")
+    return tuple(
+        sorted(
+            item.name.removesuffix(".toml")
+            for item in folder.iterdir()
+            if item.name.endswith(".toml")
+        )
+    )
+
+
 def load_scenario(path: Path | None = None) -> Scenario:
-    """Read a scenario file, or the embedded default when ``path`` is None."""
-    if path is None:
-        text = resources.files("ztfl.simulations").joinpath("scenarios/default.toml").read_text()
-        source = "<built-in default>"
+    """Read a scenario file, a built-in scenario by name, or the embedded default (None).
+
+    A ``path`` that names no file but a built-in scenario (``dp``, ``alie-stress``…) loads
+    that one.
+    """
+    if path is None or (not path.exists() and path.name in builtin_scenarios()):
+        name = "default" if path is None else path.name
+        text = resources.files("ztfl.simulations").joinpath(f"scenarios/{name}.toml").read_text()
+        source = f"<built-in {name}>"
     else:
         try:
             text = path.read_text()
+        except FileNotFoundError:
+            raise ScenarioError(
+                f"no scenario file {path}, and no built-in scenario of that name "
+                f"({', '.join(builtin_scenarios())})"
+            ) from None
         except OSError as error:
             raise ScenarioError(f"cannot read scenario {path}: {error}") from error
         source = str(path)
@@ -163,6 +236,8 @@ SCENARIO_KEYS: Mapping[str, tuple[str, type]] = {
     "clean-reference": ("clean_reference", bool),
 }
 DEFENCE_KEYS = frozenset({"label", "pipeline", "num-byzantine"})
+DEFENCE_SETTING_PREFIX = "dp"
+"""Further defence keys: the coordinator's differential-privacy settings (``dp``, ``dp-*``)."""
 MATRIX_KEYS = frozenset({"seeds", "attacks", "defence"})
 TOP_LEVEL_KEYS = frozenset({"scenario", "defence", "matrix"})
 
@@ -237,7 +312,12 @@ def _defences(tables: Any, default_byzantine: int) -> tuple[Defence, ...]:
     for table in tables:
         if not isinstance(table, Mapping) or "pipeline" not in table:
             raise ScenarioError(f"a defence needs a pipeline, got {table!r}")
-        _refuse_unknown(table, DEFENCE_KEYS, "defence key")
+        settings = tuple(
+            (key, _setting(key, value))
+            for key, value in table.items()
+            if key == DEFENCE_SETTING_PREFIX or key.startswith(f"{DEFENCE_SETTING_PREFIX}-")
+        )
+        _refuse_unknown(table, DEFENCE_KEYS | {key for key, _ in settings}, "defence key")
         pipeline = _typed("pipeline", table["pipeline"], str)
         defences.append(
             Defence(
@@ -246,6 +326,13 @@ def _defences(tables: Any, default_byzantine: int) -> tuple[Defence, ...]:
                 num_byzantine=_typed(
                     "num-byzantine", table.get("num-byzantine", default_byzantine), int
                 ),
+                settings=settings,
             )
         )
     return tuple(defences)
+
+
+def _setting(key: str, value: Any) -> Setting:
+    if isinstance(value, bool | int | float | str):
+        return value
+    raise ScenarioError(f"{key} must be a boolean, number or string, got {value!r}")
