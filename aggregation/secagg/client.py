@@ -9,7 +9,10 @@ answer a second unmask request, or to answer any request once fewer than t membe
 
 from __future__ import annotations
 
+import base64
+import binascii
 import enum
+import json
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -135,6 +138,93 @@ class SecAggClient:
                 f" coordinates, the group expects {self._params.vector_length}",
             )
         self._input = quantized
+
+    def export_state(self) -> bytes:
+        """The member's round state as bytes, to carry it between two stage messages (e.g. in
+        Flower's ``context.state``, where a ClientApp finds it at the next stage).
+
+        It holds the round's secrets (private keys, seed, peers' shares): keep it in the
+        node's memory only, never in logs or files. Identity key and verifiers are not in it.
+        """
+
+        def raw(key: x25519.X25519PrivateKey | None) -> str | None:
+            return None if key is None else key_agreement.private_bytes(key).hex()
+
+        state = {
+            "version": _STATE_VERSION,
+            "member_id": self.member_id,
+            "stage": str(self._stage),
+            "params": None if self._params is None else self._params.as_record(),
+            "encryption_key": raw(self._encryption_key),
+            "masking_key": raw(self._masking_key),
+            "encryption_public_keys": {m: k.hex() for m, k in self._encryption_public_keys.items()},
+            "masking_public_keys": {m: k.hex() for m, k in self._masking_public_keys.items()},
+            "advertised": list(self._advertised),
+            "masked_with": list(self._masked_with),
+            "seed": None if self._seed is None else self._seed.hex(),
+            "held_shares": {m: [hex(a), hex(b)] for m, (a, b) in self._held_shares.items()},
+            "input": None if self._input is None else _encode_words(self._input),
+        }
+        return json.dumps(state, separators=(",", ":")).encode()
+
+    @classmethod
+    def restore(
+        cls,
+        state: bytes,
+        *,
+        identity_key: ec.EllipticCurvePrivateKey,
+        verify_identity: IdentityVerifier,
+        verify_roster: RosterVerifier,
+        policy: ClientPolicy | None = None,
+    ) -> SecAggClient:
+        """The member ``export_state`` saved, with its identity key and verifiers re-attached.
+
+        Raises:
+            SecAggRefusal: MALFORMED when the state cannot be read.
+        """
+        try:
+            data = json.loads(state)
+            if data["version"] != _STATE_VERSION:
+                raise ValueError(f"state version {data['version']!r}")
+            client = cls(
+                str(data["member_id"]),
+                identity_key=identity_key,
+                verify_identity=verify_identity,
+                verify_roster=verify_roster,
+                policy=policy,
+            )
+            client._stage = ClientStage(data["stage"])
+            if data["params"] is not None:
+                client._params = GroupParams.from_record(data["params"])
+            client._encryption_key = _private_key(data["encryption_key"])
+            client._masking_key = _private_key(data["masking_key"])
+            client._encryption_public_keys = {
+                str(m): bytes.fromhex(k) for m, k in data["encryption_public_keys"].items()
+            }
+            client._masking_public_keys = {
+                str(m): bytes.fromhex(k) for m, k in data["masking_public_keys"].items()
+            }
+            client._advertised = tuple(str(m) for m in data["advertised"])
+            client._masked_with = tuple(str(m) for m in data["masked_with"])
+            client._seed = None if data["seed"] is None else bytes.fromhex(data["seed"])
+            client._held_shares = {
+                str(m): (int(a, 16), int(b, 16)) for m, (a, b) in data["held_shares"].items()
+            }
+            if data["input"] is not None:
+                if client._params is None:
+                    raise ValueError("an input without parameters")
+                dtype = masks.ring_dtype(client._params.modulus_bits).newbyteorder("<")
+                words = np.frombuffer(base64.b64decode(data["input"], validate=True), dtype=dtype)
+                if words.size != client._params.input_length:
+                    raise ValueError("the stored input has the wrong length")
+                client._input = words.astype(masks.ring_dtype(client._params.modulus_bits))
+        except SecAggRefusal:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError, binascii.Error) as error:
+            raise SecAggRefusal(
+                SecAggRefusalReason.MALFORMED, f"unreadable member state: {error}"
+            ) from error
+        return client
 
     def handle(self, message: ServerMessage) -> ClientReply:
         """Answer one stage message; any refusal aborts this member for the round.
@@ -396,3 +486,19 @@ class SecAggClient:
     def _abort(self) -> None:
         self._erase_secrets()
         self._stage = ClientStage.ABORTED
+
+
+_STATE_VERSION = 1
+
+
+def _private_key(data: object) -> x25519.X25519PrivateKey | None:
+    if data is None:
+        return None
+    if not isinstance(data, str):
+        raise TypeError("a stored private key is a hex string")
+    return x25519.X25519PrivateKey.from_private_bytes(bytes.fromhex(data))
+
+
+def _encode_words(words: npt.NDArray[np.unsignedinteger]) -> str:
+    little_endian = words.astype(words.dtype.newbyteorder("<"), copy=False)
+    return base64.b64encode(little_endian.tobytes()).decode("ascii")

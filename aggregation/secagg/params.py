@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import NoReturn
 
@@ -106,6 +107,56 @@ class GroupParams:
         """The member's Shamir point x (roster index + 1)."""
         return self.members.index(member) + 1
 
+    def as_record(self) -> dict[str, str | int | float | list[str]]:
+        """The parameters as plain JSON-able values (for a Flower ConfigRecord or a state blob)."""
+        q = self.quantization
+        return {
+            "run_id": self.run_id,
+            "round": self.round,
+            "group_id": self.group_id,
+            "members": list(self.members),
+            "threshold": self.threshold,
+            "modulus_bits": self.modulus_bits,
+            "vector_length": self.vector_length,
+            "clip_norm": float(q.clip_norm),
+            "scale": float(q.scale),
+            "num_extra_channels": q.num_extra_channels,
+            "extra_channel_bound": q.extra_channel_bound,
+            "norm_tolerance": float(q.norm_tolerance),
+        }
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, object]) -> GroupParams:
+        """Parameters from ``as_record``'s values, validated (MALFORMED on a wrong field)."""
+        try:
+            quantization = QuantizationParams(
+                clip_norm=_number(record["clip_norm"]),
+                scale=_number(record["scale"]),
+                num_extra_channels=_integer(record["num_extra_channels"]),
+                extra_channel_bound=_integer(record["extra_channel_bound"]),
+                norm_tolerance=_number(record["norm_tolerance"]),
+            )
+            members = record["members"]
+            if not isinstance(members, list | tuple):
+                raise TypeError("members must be a list")
+            run_id, group_id = record["run_id"], record["group_id"]
+            if not isinstance(run_id, str) or not isinstance(group_id, str):
+                raise TypeError("run_id and group_id must be strings")
+            return cls(
+                run_id=run_id,
+                round=_integer(record["round"]),
+                group_id=group_id,
+                members=tuple(members),
+                threshold=_integer(record["threshold"]),
+                quantization=quantization,
+                modulus_bits=_integer(record["modulus_bits"]),
+                vector_length=_integer(record["vector_length"]),
+            )
+        except (KeyError, TypeError) as error:
+            raise SecAggRefusal(
+                SecAggRefusalReason.MALFORMED, f"group parameters: {error}"
+            ) from error
+
     def fingerprint(self) -> bytes:
         """SHA-256 of every parameter: the context bound into each key, share and signature."""
         q = self.quantization
@@ -125,6 +176,18 @@ class GroupParams:
             repr(float(q.norm_tolerance)),
         )
         return hashlib.sha256(encoded).digest()
+
+
+def _integer(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"expected an integer, got {value!r}")
+    return value
+
+
+def _number(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"expected a number, got {value!r}")
+    return float(value)
 
 
 def _refuse(reason: SecAggRefusalReason, message: str) -> NoReturn:
