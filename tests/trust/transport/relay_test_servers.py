@@ -11,6 +11,7 @@ memory the test process holds in flight is the relay's.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import ipaddress
 import socket
@@ -145,6 +146,8 @@ class _UpstreamHandler(socketserver.BaseRequestHandler):
             state.connections += 1
         connection = h11.Connection(h11.SERVER)
         sock: socket.socket = self.request
+        if self.server.tls is not None:
+            sock = self.server.tls.wrap_socket(sock, server_side=True)
         buffer = bytearray(64 * 1024)
         while True:
             head: h11.Request | None = None
@@ -200,9 +203,10 @@ class _UpstreamServer(socketserver.ThreadingTCPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         super().__init__(("127.0.0.1", 0), _UpstreamHandler)
         self.state = UpstreamState()
+        self.tls = tls
 
 
 @dataclass
@@ -211,15 +215,24 @@ class Upstream:
     state: UpstreamState
 
 
+@contextlib.contextmanager
+def running_upstream(tls: ssl.SSLContext | None = None) -> Iterator[Upstream]:
+    """An upstream on loopback (plain HTTP, or TLS with ``tls``) that records what it receives."""
+    server = _UpstreamServer(tls)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield Upstream(server.server_address[1], server.state)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 @pytest.fixture
 def upstream() -> Iterator[Upstream]:
     """A plain-HTTP upstream on loopback that records what it receives."""
-    server = _UpstreamServer()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield Upstream(server.server_address[1], server.state)
-    server.shutdown()
-    server.server_close()
+    with running_upstream() as server:
+        yield server
 
 
 def client_context(tls: TlsFiles) -> ssl.SSLContext:
@@ -238,9 +251,10 @@ class RawResponse:
 class HttpClient:
     """A blocking HTTP/1.1 client over one TLS connection, for keep-alive tests."""
 
-    def __init__(self, port: int, tls: TlsFiles) -> None:
+    def __init__(self, port: int, tls: TlsFiles | ssl.SSLContext) -> None:
+        context = tls if isinstance(tls, ssl.SSLContext) else client_context(tls)
         raw = socket.create_connection(("127.0.0.1", port), timeout=30)
-        self.sock = client_context(tls).wrap_socket(raw, server_hostname="localhost")
+        self.sock = context.wrap_socket(raw, server_hostname="localhost")
         self.http = h11.Connection(h11.CLIENT)
         self._buffer = bytearray(64 * 1024)
 
