@@ -91,6 +91,10 @@ def check_roster(
             SecAggRefusalReason.BAD_ROSTER_SIGNATURE,
             f"the {stage} roster is not signed by the coordinator",
         )
+    if roster.dropped and stage is not RosterStage.UNMASK:
+        raise SecAggRefusal(
+            SecAggRefusalReason.MALFORMED, f"a {stage} roster lists no dropped members"
+        )
     for names in (roster.members, roster.dropped):
         if not in_roster_order(params, names):
             raise SecAggRefusal(
