@@ -174,6 +174,14 @@ class AuditEventKind(StrEnum):
     """The gateway refused a request from an admitted peer; ``reason`` says why (path, size, rate)."""
     APP_BUNDLE_REFUSED = "app_bundle_refused"
     """A client's sidecar refused an app bundle whose hash is not allow-listed."""
+    SECAGG_GROUP_ABORTED = "secagg_group_aborted"
+    """A secure-aggregation group ended without a sum (below threshold, corrupt share…)."""
+    SECAGG_REPLY_REFUSED = "secagg_reply_refused"
+    """The coordinator refused a member's secure-aggregation reply (counted as a dropout)."""
+    SECAGG_MEMBER_REFUSED = "secagg_member_refused"
+    """A member refused a secure-aggregation stage (bad signature, roster mismatch…)."""
+    GROUP_MEAN_REFUSED = "group_mean_refused"
+    """A secure-aggregation group mean was refused (norm above C, malformed bits)."""
 
 
 # Refusals must say why; round events must say which round.
@@ -185,6 +193,10 @@ _KINDS_NEEDING_REASON: Final = frozenset(
         AuditEventKind.CLIENT_VERIFICATION_FAILED,
         AuditEventKind.REQUEST_REFUSED,
         AuditEventKind.APP_BUNDLE_REFUSED,
+        AuditEventKind.SECAGG_GROUP_ABORTED,
+        AuditEventKind.SECAGG_REPLY_REFUSED,
+        AuditEventKind.SECAGG_MEMBER_REFUSED,
+        AuditEventKind.GROUP_MEAN_REFUSED,
     }
 )
 _KINDS_NEEDING_ROUND: Final = frozenset(
