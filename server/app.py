@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
@@ -37,14 +38,20 @@ class LoggingObserver:
 
     def on_round_end(self, record: RoundRecord) -> None:
         metrics = record.central_metrics or record.federated_metrics
+        privacy = record.privacy
         logger.info(
-            "round %d: %d accepted, %d refused, %s%s",
+            "round %d: %d accepted, %d refused, %s%s%s",
             record.server_round,
             len(record.accepted_nodes),
             len(record.refused),
             "committed" if record.committed else f"skipped ({record.skip_reason})",
             f", accuracy {metrics['accuracy']:.4f}" if "accuracy" in metrics else "",
+            "" if privacy is None else _privacy_note(privacy),
         )
+
+
+def _privacy_note(privacy: dict[str, Any]) -> str:
+    return f", ε {privacy['epsilon']:.4g} at δ {privacy['delta']:g} (C {privacy['clip_norm']:.3g})"
 
 
 @app.main()
@@ -77,6 +84,8 @@ def main(grid: Grid, context: Context) -> None:
         history = coordinator.run(grid)
     finally:
         ledger.close()
+    if history.stop_reason:
+        logger.warning("training stopped early: %s", history.stop_reason)
     last = history.rounds[-1] if history.rounds else None
     if last is not None:
         logger.info(
