@@ -400,8 +400,9 @@ class SecAggClient:
                 shamir.decode_share(key_share),
             )
         assert self._seed is not None
-        masked = self._input.copy()
-        masks.add_mask(masked, key_agreement.self_mask_key(params, self._seed, self.member_id))
+        # Every mask in one pass over the input (it is not needed unmasked afterwards).
+        masked = self._input
+        keys = [(key_agreement.self_mask_key(params, self._seed, self.member_id), 1)]
         own_position = params.position(self.member_id)
         for member in peers:
             pairwise = key_agreement.agreed_key(
@@ -412,9 +413,8 @@ class SecAggClient:
                 self.member_id,
                 member,
             )
-            masks.add_mask(
-                masked, pairwise, sign=1 if own_position < params.position(member) else -1
-            )
+            keys.append((pairwise, 1 if own_position < params.position(member) else -1))
+        masks.add_masks(masked, keys)
         masks.reduce(masked, params.modulus_bits)
         self._masked_with = shared
         self._input = None

@@ -24,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from .masks import from_ring, keystream, to_ring
+from .masks import CHUNK_WORDS, from_ring, keystream_chunks, reduce, ring_dtype
 from .refusal import SecAggRefusal, SecAggRefusalReason
 
 MAX_MODULUS_BITS = 62
@@ -126,21 +126,52 @@ def quantize(
             f"update norm {norm:.6g} is not finite or exceeds clip norm {params.clip_norm:.6g}"
         )
     extra_values = _check_extras(extras, params)
-    # Few passes and in-place work: quantization runs on every member's full update.
-    scaled = np.multiply(values, params.scale, dtype=np.float64)
-    if norm > params.clip_norm:  # within the tolerance: clamp so |q| ≤ M still holds
-        limit = params.clip_norm * params.scale
-        np.clip(scaled, -limit, limit, out=scaled)
-    signed = np.empty(values.size + len(extra_values), dtype=np.int64)
-    rounded = signed[: values.size]
-    np.floor(scaled, out=rounded, casting="unsafe")
-    scaled -= rounded  # the fractional part, in [0, 1)
-    scaled *= _ROUNDING_UNITS
     key = secrets.token_bytes(32) if rounding_key is None else rounding_key
-    draws = np.frombuffer(keystream(key, 4 * values.size), dtype="<u4")
-    rounded += draws < scaled  # up with probability ⌈frac · 2^32⌉ / 2^32 (bias < 2^-32)
-    signed[values.size :] = extra_values
-    return to_ring(signed, modulus_bits)
+    dtype = ring_dtype(modulus_bits)
+    words = np.empty(values.size + len(extra_values), dtype=dtype)
+    # Within the tolerance: clamp, so that |q| ≤ M still holds.
+    limit = params.clip_norm * params.scale if norm > params.clip_norm else None
+    _round_stochastically(values, params.scale, limit, key, words[: values.size])
+    words[values.size :] = np.asarray(extra_values, dtype=np.int64).astype(dtype)
+    if modulus_bits < 8 * dtype.itemsize:
+        reduce(words, modulus_bits)
+    return words
+
+
+def _round_stochastically(
+    values: npt.NDArray[np.floating],
+    scale: float,
+    limit: float | None,
+    key: bytes,
+    out: npt.NDArray[np.unsignedinteger],
+) -> None:
+    """out = ⌊values · scale⌋ + [u < frac] as words mod 2^w, u from the keystream of ``key``.
+
+    One cache-sized chunk at a time through reused float64 buffers (the products need 53 bits:
+    |x · scale| reaches 2^31 and its fraction must stay exact), so the whole update is read
+    once and written once. The rounded integer is written through a signed view of the
+    output words: for |q| < 2^(w−1) its two's complement bits are q mod 2^w, as ``to_ring``.
+    """
+    chunk = min(CHUNK_WORDS, values.size)
+    scaled = np.empty(chunk, dtype=np.float64)
+    floored = np.empty(chunk, dtype=np.float64)
+    round_up = np.empty(chunk, dtype=np.bool_)
+    signed = out.view(np.int32 if out.dtype.itemsize == 4 else np.int64)
+    draws = keystream_chunks(key, values.size, np.dtype(np.uint32))
+    for start in range(0, values.size, chunk):
+        stop = min(start + chunk, values.size)
+        count = stop - start
+        s, f, r, q = scaled[:count], floored[:count], round_up[:count], signed[start:stop]
+        np.copyto(s, values[start:stop])
+        s *= scale
+        if limit is not None:
+            np.clip(s, -limit, limit, out=s)
+        np.floor(s, out=f)
+        np.subtract(s, f, out=s)  # the fractional part, in [0, 1)
+        s *= _ROUNDING_UNITS
+        np.less(next(draws), s, out=r)  # up with probability ⌈frac · 2^32⌉ / 2^32
+        np.copyto(q, f, casting="unsafe")  # an integer-valued float below 2^53: exact
+        np.add(q, r, out=q, casting="unsafe")
 
 
 def dequantize_sum(

@@ -301,10 +301,11 @@ class SecAggServer:
         params = self.params
         total = self._collected.masked_sum
         assert total is not None
+        keys: list[tuple[bytes, int]] = []
         for member, shares in seed_shares.items():
             secret = shamir.reconstruct_secret(shares, threshold=params.threshold)
             seed = _secret_bytes(secret)
-            masks.add_mask(total, key_agreement.self_mask_key(params, seed, member), sign=-1)
+            keys.append((key_agreement.self_mask_key(params, seed, member), -1))
         for member, shares in key_shares.items():
             secret = shamir.reconstruct_secret(shares, threshold=params.threshold)
             masking_key = x25519.X25519PrivateKey.from_private_bytes(_secret_bytes(secret))
@@ -325,7 +326,9 @@ class SecAggServer:
                 )
                 # The survivor added +mask when it precedes the dropped member, −mask otherwise.
                 survivor_added = 1 if params.position(survivor) < params.position(member) else -1
-                masks.add_mask(total, pairwise, sign=-survivor_added)
+                keys.append((pairwise, -survivor_added))
+        # Every mask removed in one pass over the sum.
+        masks.add_masks(total, keys)
         masks.reduce(total, params.modulus_bits)
         return total
 
