@@ -14,9 +14,7 @@ SIGINT/SIGTERM (``python -m ztfl.client.sidecar``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import signal
 
 from ztfl.client.sidecar.app_bundle_check import AppBundleCheck
 from ztfl.client.sidecar.config import SidecarConfig
@@ -29,6 +27,7 @@ from ztfl.trust.transport import (
     client_tls_context,
     server_tls_context,
 )
+from ztfl.trust.transport.lifecycle import serve_until_signalled
 
 __all__ = ["Sidecar", "run_sidecar"]
 
@@ -103,18 +102,7 @@ class Sidecar:
 
     async def serve_until_signalled(self) -> None:
         """Start, run until SIGINT or SIGTERM, then stop."""
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signal_number in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signal_number, stop.set)
-        await self.start()
-        try:
-            await stop.wait()
-        finally:
-            await self.stop()
-            for signal_number in (signal.SIGINT, signal.SIGTERM):
-                with contextlib.suppress(Exception):
-                    loop.remove_signal_handler(signal_number)
+        await serve_until_signalled(self)
 
     def serve(self) -> None:
         """Run the sidecar in this thread until SIGINT or SIGTERM."""

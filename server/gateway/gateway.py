@@ -9,9 +9,7 @@ SIGINT/SIGTERM (``python -m ztfl.server.gateway``). What it checks is in
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import signal
 
 from ztfl.server.gateway.config import GatewayConfig
 from ztfl.server.gateway.federation_trust_file import FederationTrustFile
@@ -28,6 +26,7 @@ from ztfl.trust.transport import (
     client_tls_context,
     server_tls_context,
 )
+from ztfl.trust.transport.lifecycle import serve_until_signalled
 
 __all__ = ["Gateway", "run_gateway"]
 
@@ -142,18 +141,7 @@ class Gateway:
 
     async def serve_until_signalled(self) -> None:
         """Start, run until SIGINT or SIGTERM, then stop."""
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signal_number in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signal_number, stop.set)
-        await self.start()
-        try:
-            await stop.wait()
-        finally:
-            await self.stop()
-            for signal_number in (signal.SIGINT, signal.SIGTERM):
-                with contextlib.suppress(Exception):
-                    loop.remove_signal_handler(signal_number)
+        await serve_until_signalled(self)
 
     def serve(self) -> None:
         """Run the gateway in this thread until SIGINT or SIGTERM."""
