@@ -109,3 +109,86 @@ def install(
     if enrolled.role is Role.CLIENT:
         typer.echo(f"trust anchor: {layout.trust_anchor}")
         typer.echo(f"app-bundle allow-list: {layout.app_bundle_allow_list}")
+
+
+@client_app.command()
+def up(
+    client_dir: Annotated[Path, typer.Option("--dir", help="The enrolment folder.")],
+    gateway: Annotated[str, typer.Option("--gateway", help="The coordinator's gateway host:port.")],
+    node_config: Annotated[
+        str,
+        typer.Option(
+            "--node-config",
+            help='Extra SuperNode node-config pairs, e.g. "partition-id=0 num-partitions=3".',
+        ),
+    ] = "",
+    dataset: Annotated[
+        str | None,
+        typer.Option("--dataset", help="The dataset hook, module:function (node config dataset)."),
+    ] = None,
+    gateway_server_name: Annotated[
+        str | None,
+        typer.Option("--gateway-server-name", help="The name on the gateway's certificate."),
+    ] = None,
+    sidecar_port: Annotated[
+        int, typer.Option("--sidecar-port", help="The sidecar's loopback port (0: any free).")
+    ] = 0,
+    runtime_port: Annotated[
+        int, typer.Option("--runtime-port", help="The SuperNode's loopback Runtime API port.")
+    ] = 9094,
+    max_wait_time_s: Annotated[
+        float | None,
+        typer.Option("--max-wait-time", help="Seconds the SuperNode keeps retrying the gateway."),
+    ] = None,
+) -> None:
+    """Start the sidecar (loopback TLS for the SuperNode, mutual TLS to the gateway with this
+    client's certificate, app-bundle allow-list) and a SuperNode behind it that pins the
+    enrolled trust anchor; run until SIGTERM or SIGINT. Trains on CUDA when present."""
+    import asyncio
+    import logging
+
+    from ztfl.client.launch_error import LaunchError
+    from ztfl.client.launcher import ClientLaunchConfig, ClientLauncher
+    from ztfl.client.supervised_process import become_subreaper
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    host, _, port = gateway.strip().rpartition(":")
+    if not host or not port.isdigit():
+        fail(f"--gateway must be host:port, got {gateway!r}")
+    try:
+        config = ClientLaunchConfig(
+            client_dir=client_dir,
+            gateway_host=host.strip("[]"),
+            gateway_port=int(port),
+            node_config=node_config,
+            dataset=dataset,
+            gateway_server_name=gateway_server_name,
+            sidecar_port=sidecar_port,
+            runtime_port=runtime_port,
+            max_wait_time_s=max_wait_time_s,
+        )
+    except LaunchError as error:
+        fail(error.message)
+    become_subreaper()
+    launcher = ClientLauncher(config)
+
+    async def serve() -> None:
+        serving = asyncio.create_task(launcher.serve_until_signalled())
+        started = asyncio.create_task(launcher.started.wait())
+        await asyncio.wait({serving, started}, return_when=asyncio.FIRST_COMPLETED)
+        started.cancel()
+        if launcher.started.is_set() and not serving.done():
+            typer.echo(
+                f"ready: sidecar 127.0.0.1:{launcher.sidecar_port} -> gateway {gateway}; "
+                f"SuperNode log {launcher.supernode_log}",
+                err=True,
+            )
+        await serving
+
+    try:
+        asyncio.run(serve())
+    except LaunchError as error:
+        fail(error.message)
+    if launcher.failure is not None:
+        typer.echo(f"error: {launcher.failure}", err=True)
+        raise typer.Exit(code=1)

@@ -9,8 +9,12 @@ import typer
 from .audit import audit_app
 from .client import client_app
 from .coordinator import coordinator_app
+from .evidence import evidence
 from .model import app as model_app
 from .pki import pki_app
+from .report import report
+from .run import run
+from .server import server_app
 from .simulate import simulate
 
 # Offline by default: no Flower telemetry, no Ray usage statistics.
@@ -26,11 +30,15 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 app.command()(simulate)
+app.command()(report)
+app.command()(evidence)
 app.add_typer(model_app, name="model")
 app.add_typer(audit_app)
 app.add_typer(coordinator_app)
 app.add_typer(pki_app, name="pki")
 app.add_typer(client_app, name="client")
+app.add_typer(server_app, name="server")
+app.command("run")(run)
 
 
 @app.command()
