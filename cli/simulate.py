@@ -59,9 +59,10 @@ def simulate(
     """Train through Flower with robust aggregation while a simulated adversary attacks.
 
     Prints a live progress bar per run and a final table; writes metrics.json,
-    rounds.csv, summary.md and accuracy.png (with DP also privacy.png, accuracy
-    against ε) into a fresh run folder, whose state/ subfolder holds the signed
-    models, the audit log and the coordinator state of every run. DP runs print
+    rounds.csv, summary.md, accuracy.png (with DP also privacy.png, accuracy
+    against ε) and report.html (as ``ztfl report`` does) into a fresh run folder,
+    whose state/ subfolder holds the signed models, the audit log and the
+    coordinator state of every run. DP runs print
     ε after every round. Exit status 3: a run stopped early because its next
     round would have exceeded its privacy budget (its outputs are written).
     """
@@ -76,6 +77,7 @@ def simulate(
         write_outputs,
     )
     from ztfl.simulations.progress import ProgressObserver, simulation_progress
+    from ztfl.simulations.report import write_report
     from ztfl.simulations.runner import run_plan
     from ztfl.simulations.scenario import ScenarioError, load_scenario
     from ztfl.trust.audit import AuditLogError
@@ -143,8 +145,14 @@ def simulate(
             console.print(f"[red]error:[/red] cannot resume: {error}", soft_wrap=True)
             raise typer.Exit(code=2) from error
     write_outputs(run_dir, scenario, results)
+    report = write_report(run_dir)
     _print_summary(summarise(results))
     console.print(f"finished in {time.perf_counter() - started:.0f} s; outputs in {run_dir}")
+    if not report.verified:
+        console.print(
+            f"[red]verification FAILED[/red] for a run's signed models or audit log: {report.path}",
+            soft_wrap=True,
+        )
     stopped = [result for result in results if result.history.stop_reason]
     for result in stopped:
         console.print(

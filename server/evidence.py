@@ -6,7 +6,8 @@ A run folder is untrusted input: a coordinator state folder (``state-dir``) or a
 manifest (and, by default, every tensor byte) against the run's trust anchor or keys
 the caller pins, and the audit hash chain anchored at the heads those manifests and
 the state file recorded — and reads the round history defensively. Nothing it reads
-is taken on trust and nothing is written to the folder.
+is taken on trust, and it writes nothing to the folder (SQLite may create the log's
+``-wal``/``-shm`` side files when it reads it).
 
 :func:`export_evidence_bundle` copies the artefacts a compliance review asks for into
 a folder or zip with an index that maps each file to the control it evidences and
@@ -600,7 +601,7 @@ def _write_run_artefacts(writer: _BundleWriter, run: RunEvidence, prefix: str) -
     audit_path = run.path / AUDIT_FILE
     for suffix in ("", "-wal"):
         source = audit_path.with_name(audit_path.name + suffix)
-        if source.is_file():
+        if source.is_file() and source.stat().st_size > 0:
             writer.add(
                 f"{prefix}/audit/{source.name}",
                 source.read_bytes(),

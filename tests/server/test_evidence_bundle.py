@@ -128,7 +128,7 @@ def edit_first_audit_record(state_dir: Path) -> None:
 
 
 def edit_a_manifest(state_dir: Path) -> None:
-    folder = next(path for path in (state_dir / MODELS_DIR).iterdir() if path.is_dir())
+    folder = next(path for path in (state_dir / MODELS_DIR).iterdir() if len(path.name) == 64)
     manifest = folder / MANIFEST_FILE
     manifest.write_bytes(manifest.read_bytes().replace(b'"pipeline":"', b'"pipeline":"x'))
 
