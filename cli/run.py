@@ -11,15 +11,6 @@ from typing import Annotated
 import typer
 
 from ztfl.client.launch_error import LaunchError
-from ztfl.server.app_bundle import app_bundle_hash, default_app_dir
-from ztfl.server.control_channel import RunConfigValue, output_lines
-from ztfl.server.run_submission import (
-    RUN_STARTED,
-    load_run_config,
-    parse_setting,
-    write_run_config,
-)
-from ztfl.server.service import ServiceLayout, read_service_status
 
 FINAL_STATUS_TIMEOUT_S = 30.0
 """How long the run may take to be marked finished after its log stream ended."""
@@ -62,6 +53,18 @@ def run(
     SHA-256 (clients must allow-list it) and the run id; with --stream (default) waits for
     the end: exit 0 when the run completed, 1 otherwise.
     """
+    # Imported here: the coordinator's configuration pulls in torch and the aggregation
+    # package, which no other ztfl command needs at start-up.
+    from ztfl.server.app_bundle import app_bundle_hash, default_app_dir
+    from ztfl.server.control_channel import RunConfigValue, output_lines
+    from ztfl.server.run_submission import (
+        RUN_STARTED,
+        load_run_config,
+        parse_setting,
+        write_run_config,
+    )
+    from ztfl.server.service import ServiceLayout, read_service_status
+
     try:
         status = read_service_status(server)
         overrides: dict[str, RunConfigValue] = dict(parse_setting(item) for item in setting or [])

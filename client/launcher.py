@@ -5,7 +5,8 @@ loopback TLS (``--superlink 127.0.0.1:<sidecar port> --root-certificates local/c
 and the sidecar talks mutual TLS to the coordinator's gateway with the client certificate.
 The SuperNode signs Fleet requests with ``node-key``, the same key as the certificate's, so
 the gateway can bind the two. The node config always carries ``trust-anchor`` = the
-enrolled anchor, so the ClientApp verifies every global model against it.
+enrolled anchor, so the ClientApp verifies every global model against it, and by default
+``lineage-dir`` = ``<client>/lineage``, so what it accepted outlives a run.
 
 Training runs on CUDA when the host has it and on the CPU otherwise
 (:func:`ztfl.client.trainer.select_device`); nothing here changes for either.
@@ -43,6 +44,8 @@ _log = logging.getLogger(__name__)
 LOOPBACK: Final = "127.0.0.1"
 DEFAULT_RUNTIME_PORT: Final = 9094
 SUPERNODE_HOME: Final = "supernode-home"
+LINEAGE_DIR: Final = "lineage"
+LINEAGE_DIR_KEY: Final = "lineage-dir"
 _NODE_CONFIG_PAIR: Final = re.compile(r"(\S+?)=('[^']*'|\"[^\"]*\"|\S+)")
 _WATCH_INTERVAL_S: Final = 1.0
 
@@ -87,9 +90,13 @@ def check_enrolment(client_dir: Path) -> ClientLayout:
     return layout
 
 
-def node_config_text(user_config: str, trust_anchor: Path, dataset: str | None) -> str:
-    """The SuperNode's ``--node-config``: the user's pairs, ``dataset`` and the enrolled
-    ``trust-anchor``; a different ``trust-anchor`` or ``dataset`` given twice is refused."""
+def node_config_text(
+    user_config: str, trust_anchor: Path, dataset: str | None, lineage_dir: Path | None = None
+) -> str:
+    """The SuperNode's ``--node-config``: the user's pairs, ``dataset``, the enrolled
+    ``trust-anchor`` and, unless the user names one, ``lineage-dir`` (so the node refuses a
+    rolled-back model across runs, docs/signing.md); a different ``trust-anchor`` or
+    ``dataset`` given twice is refused."""
     pairs = dict(_NODE_CONFIG_PAIR.findall(user_config))
     leftover = _NODE_CONFIG_PAIR.sub("", user_config).strip()
     if leftover:
@@ -113,6 +120,10 @@ def node_config_text(user_config: str, trust_anchor: Path, dataset: str | None) 
             raise LaunchError(LaunchErrorReason.BAD_CONFIG, "--dataset cannot contain a quote")
         pairs["dataset"] = f"'{dataset}'"
     pairs[TRUST_ANCHOR_KEY] = f"'{anchor}'"
+    if lineage_dir is not None and LINEAGE_DIR_KEY not in pairs:
+        if "'" in str(lineage_dir):
+            raise LaunchError(LaunchErrorReason.BAD_CONFIG, "lineage-dir cannot contain a quote")
+        pairs[LINEAGE_DIR_KEY] = f"'{lineage_dir}'"
     return " ".join(f"{key}={value}" for key, value in pairs.items())
 
 
@@ -191,7 +202,12 @@ class ClientLauncher:
             "--auth-supernode-private-key",
             str(layout.node_key.resolve()),
             "--node-config",
-            node_config_text(config.node_config, layout.trust_anchor, config.dataset),
+            node_config_text(
+                config.node_config,
+                layout.trust_anchor,
+                config.dataset,
+                (layout.root / LINEAGE_DIR).resolve(),
+            ),
             "--isolation",
             "subprocess",
             "--host",
@@ -236,6 +252,7 @@ class ClientLauncher:
         try:
             home = self.layout.root / SUPERNODE_HOME
             home.mkdir(mode=0o700, exist_ok=True)
+            (self.layout.root / LINEAGE_DIR).mkdir(mode=0o700, exist_ok=True)
             supernode = SupervisedProcess(
                 ProcessSpec(
                     name="SuperNode",

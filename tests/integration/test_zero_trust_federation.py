@@ -1,0 +1,670 @@
+"""A zero-trust federation of real processes on loopback: ``ztfl server up``, three
+``ztfl client up`` nodes, ``ztfl run`` — and what the gateway and sidecars refuse.
+
+The PKI comes from ``provision_federation`` (the CLI's own steps): a CA, three clients
+(alice, bob, carol) allowed to run the app bundle this test submits, a fourth (dora)
+enrolled with another allow-list, and a gateway certificate. ``ztfl server up`` starts the
+SuperLink on loopback (TLS, node authentication), registers the four clients' keys and
+starts the gateway; each client runs its SuperNode behind its sidecar. One federation
+serves the whole module, so it costs one start-up; tests that change it (a second run,
+a revocation) come last and build on the completed run.
+
+The submitted app bundle is built from a snapshot of the package sources taken at start,
+so its hash (on the clients' allow-lists) cannot drift while the tests run.
+
+Every process gets its own session and a marker in its environment; Flower's own
+children inherit the marker, which is how teardown proves nothing outlived the module.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pytest
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from ztfl.server.app_bundle import app_bundle_hash
+from ztfl.server.ledger import TRUST_ANCHOR_FILE, prepare_state_dir
+from ztfl.trust.audit import AuditEventKind, AuditLog, AuditRecord
+from ztfl.trust.keys import generate_signing_key, read_signing_key, write_signing_key
+from ztfl.trust.pki import ClientLayout, Identity, Role
+from ztfl.trust.pki.keyfiles import read_private_key
+from ztfl.trust.pki.provisioning import FederationPaths, enrol_member, provision_federation
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+LOOPBACK = "127.0.0.1"
+FEDERATION = "zerotrust"
+NODES = ("alice", "bob", "carol")
+OFF_LIST_CLIENT = "dora"
+MARKER_VARIABLE = "ZTFL_TEST_PROCESS_MARKER"
+APP_SOURCES = ("pyproject.toml", "aggregation", "server", "client", "simulations", "cli", "trust")
+RUN_STARTED = re.compile(r"run id (\d+)")
+
+SERVICE_READY_TIMEOUT_S = 90.0
+NODES_ONLINE_TIMEOUT_S = 90.0
+RUN_TIMEOUT_S = 240.0
+AUDIT_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 30.0
+ORPHAN_EXIT_TIMEOUT_S = 15.0
+CLI_TIMEOUT_S = 60.0
+
+# Ports a Ray cluster (e.g. a simulation running beside the tests) binds by default.
+RAY_DEFAULT_PORTS = frozenset({6379, 8076, 8265, 10001, 52365, 62365})
+RAY_WORKER_PORTS = range(10_002, 20_000)
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not (BIN / "flower-superlink").exists(), reason="Flower's executables are not installed"
+    ),
+    pytest.mark.skipif(not (BIN / "ztfl").exists(), reason="the ztfl command is not installed"),
+    pytest.mark.skipif(
+        not Path("/proc/self/environ").exists(), reason="process accounting reads /proc"
+    ),
+]
+
+
+def free_loopback_port(taken: set[int]) -> int:
+    """A TCP port free on loopback now, outside Ray's defaults and not handed out yet."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind((LOOPBACK, 0))
+            port = int(probe.getsockname()[1])
+        if port not in taken and port not in RAY_DEFAULT_PORTS and port not in RAY_WORKER_PORTS:
+            taken.add(port)
+            return port
+
+
+def snapshot_app(destination: Path) -> Path:
+    """Copy the Flower app's sources, so the bundle's hash is fixed for the whole module."""
+    destination.mkdir(parents=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in APP_SOURCES:
+        source = REPO_ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, destination / name, ignore=ignore)
+        else:
+            shutil.copy2(source, destination / name)
+    return destination
+
+
+def audit_records(path: Path) -> list[AuditRecord]:
+    """Every record of an audit log (empty while it does not exist yet)."""
+    if not path.exists():
+        return []
+    with AuditLog.open(path, create=False) as log:
+        return list(log.records())
+
+
+def wait_for_record(
+    path: Path, matches: Callable[[AuditRecord], bool], what: str, check: Callable[[], None]
+) -> AuditRecord:
+    """Poll an audit log until a record matches; fail naming ``what`` after the timeout."""
+    deadline = time.monotonic() + AUDIT_TIMEOUT_S
+    while time.monotonic() < deadline:
+        check()
+        found = [record for record in audit_records(path) if matches(record)]
+        if found:
+            return found[-1]
+        time.sleep(0.5)
+    pytest.fail(f"no audit record for {what} in {path} within {AUDIT_TIMEOUT_S} s")
+
+
+def captured_fleet_headers(member: ClientLayout) -> dict[str, str]:
+    """The headers a SuperNode signs (Flower 1.42): node key, timestamp, its signature.
+
+    Signed here with the member's key, they are exactly what an eavesdropper on the
+    SuperNode's traffic would capture and replay.
+    """
+    key = read_private_key(member.key)
+    public_pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    timestamp = datetime.now(UTC).isoformat()
+    signature = key.sign(timestamp.encode("ascii"), ec.ECDSA(hashes.SHA256()))
+    return {
+        "flwr-public-key": base64.b64encode(public_pem).decode("ascii"),
+        "flwr-timestamp": timestamp,
+        "flwr-signature": base64.b64encode(signature).decode("ascii"),
+    }
+
+
+def tls_context(ca: Path, member: ClientLayout | None) -> ssl.SSLContext:
+    """A client context that verifies the gateway with ``ca``, presenting ``member``'s cert."""
+    context = ssl.create_default_context(cafile=str(ca))
+    if member is not None:
+        context.load_cert_chain(str(member.certificate), str(member.key))
+    return context
+
+
+@dataclass
+class CompletedRun:
+    """What ``ztfl run`` printed and what the coordinator's audit log holds afterwards."""
+
+    exit_code: int
+    output: str
+    kinds: list[AuditEventKind]
+
+
+class ZeroTrustFederation:
+    """Provisions the PKI, starts and stops the ztfl processes of the module."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.marker = f"{root}:{secrets.token_hex(8)}"
+        self.ports: set[int] = set()
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.log_files: dict[str, Path] = {}
+        self.cli_outputs: list[str] = []
+        self.forced: list[str] = []
+        self.stopped = False
+        self.signing_key = root / "model-signing-key.pem"
+        write_signing_key(generate_signing_key(), self.signing_key)
+        self.state_dir = root / "coordinator-state"
+        prepare_state_dir(self.state_dir, read_signing_key(self.signing_key).public_key())
+        self.app_dir = snapshot_app(root / "app")
+        self.app_bundle = app_bundle_hash(self.app_dir)
+        self.pki: FederationPaths = provision_federation(
+            root / "pki",
+            FEDERATION,
+            clients=NODES,
+            trust_anchor=self.state_dir / TRUST_ANCHOR_FILE,
+            app_bundles=[self.app_bundle],
+        )
+        self.off_list = enrol_member(
+            self.pki.authority.root,
+            root / "pki" / "clients" / OFF_LIST_CLIENT,
+            Identity(FEDERATION, Role.CLIENT, OFF_LIST_CLIENT),
+            trust_anchor=self.state_dir / TRUST_ANCHOR_FILE,
+            app_bundles=["0" * 64],
+        )
+        self.foreign = provision_federation(root / "foreign", FEDERATION, clients=["alice"])
+        self.service_dir = root / "service"
+        self.superlink_port = free_loopback_port(self.ports)
+        self.gateway_port = 0
+        self.home = root / "home"
+        self.home.mkdir()
+
+    # ------------------------------------------------------------ processes
+    def environment(self) -> dict[str, str]:
+        """Every process: no phoning home, this Python's tools first, the marker."""
+        env = {
+            key: value
+            for key, value in os.environ.items()
+            if not key.startswith(("FLWR_", "RAY_ADDRESS"))
+        }
+        env.update(
+            {
+                "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+                "HOME": str(self.home),
+                "FLWR_TELEMETRY_ENABLED": "0",
+                "FLWR_DISABLE_UPDATE_CHECK": "1",
+                "RAY_USAGE_STATS_ENABLED": "0",
+                "PYTHONUNBUFFERED": "1",
+                MARKER_VARIABLE: self.marker,
+            }
+        )
+        return env
+
+    def start(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+        """Start a long-running ``ztfl`` command in its own session, logging to a file."""
+        log_file = self.root / "logs" / f"{name}.log"
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        self.log_files[name] = log_file
+        with log_file.open("wb") as sink:
+            process = subprocess.Popen(
+                [str(BIN / "ztfl"), *args],
+                stdin=subprocess.DEVNULL,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                env=self.environment(),
+                cwd=self.root,
+                start_new_session=True,
+            )
+        self.processes[name] = process
+        return process
+
+    def ztfl(
+        self, *args: str, timeout_s: float = CLI_TIMEOUT_S
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a short ``ztfl`` command to completion; its output is kept for the report."""
+        completed = subprocess.run(
+            [str(BIN / "ztfl"), *args],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            env=self.environment(),
+            cwd=self.root,
+            timeout=timeout_s,
+            check=False,
+        )
+        self.cli_outputs.append(
+            f"$ ztfl {' '.join(args)}  (exit {completed.returncode})\n"
+            f"{completed.stdout}{completed.stderr}"
+        )
+        return completed
+
+    def check_alive(self, *names: str) -> None:
+        """Fail early, naming the process, when one of ours has died."""
+        for name in names or tuple(self.processes):
+            process = self.processes[name]
+            if process.poll() is not None:
+                pytest.fail(f"{name} exited early with code {process.returncode}")
+
+    def start_server(self) -> None:
+        """``ztfl server up`` and wait until it writes service.json and answers health."""
+        self.start(
+            "server",
+            [
+                "server",
+                "up",
+                "--service-dir",
+                str(self.service_dir),
+                "--ca-dir",
+                str(self.pki.authority.root),
+                "--gateway-dir",
+                str(self.pki.gateway.root),
+                "--listen",
+                f"{LOOPBACK}:0",
+                "--superlink-port",
+                str(self.superlink_port),
+                "--health-port",
+                "0",
+                "--state-dir",
+                str(self.state_dir),
+                "--signing-key",
+                str(self.signing_key),
+            ],
+        )
+        status_file = self.service_dir / "service.json"
+        deadline = time.monotonic() + SERVICE_READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            self.check_alive("server")
+            if status_file.exists():
+                status = json.loads(status_file.read_text())
+                self.gateway_port = int(str(status["gateway"]).rpartition(":")[2])
+                self.health_url = str(status["health"])
+                return
+            time.sleep(0.3)
+        pytest.fail(f"ztfl server up was not ready within {SERVICE_READY_TIMEOUT_S} s")
+
+    def start_client(self, name: str, partition_id: int, num_partitions: int) -> None:
+        """``ztfl client up`` for ``name`` with its share of the bundled digits."""
+        self.start(
+            f"client-{name}",
+            [
+                "client",
+                "up",
+                "--dir",
+                str(self.client_dir(name)),
+                "--gateway",
+                f"localhost:{self.gateway_port}",
+                "--dataset",
+                "ztfl.simulations.datasets:digits_node_data",
+                "--node-config",
+                f"partition-id={partition_id} num-partitions={num_partitions}",
+                "--runtime-port",
+                str(free_loopback_port(self.ports)),
+                "--max-wait-time",
+                str(int(RUN_TIMEOUT_S)),
+            ],
+        )
+
+    def client_dir(self, name: str) -> Path:
+        return self.off_list.root if name == OFF_LIST_CLIENT else self.pki.clients[name].root
+
+    def flwr_json(self, *args: str) -> dict[str, object]:
+        """A ``flwr … --format json`` answer over the service's loopback Control API."""
+        completed = subprocess.run(
+            [str(BIN / "flwr"), *args, "--format", "json"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            env={**self.environment(), "FLWR_HOME": str(self.service_dir / "control")},
+            timeout=CLI_TIMEOUT_S,
+            check=False,
+        )
+        output = completed.stdout
+        start, end = output.find("{"), output.rfind("}")
+        if completed.returncode != 0 or start < 0:
+            return {}
+        value = json.loads(output[start : end + 1])
+        return value if isinstance(value, dict) else {}
+
+    def wait_for_online_nodes(self, count: int) -> None:
+        """Poll the Control API until ``count`` SuperNodes are online."""
+        deadline = time.monotonic() + NODES_ONLINE_TIMEOUT_S
+        while time.monotonic() < deadline:
+            self.check_alive()
+            nodes = self.flwr_json("supernode", "ls", "ztfl").get("nodes", [])
+            assert isinstance(nodes, list)
+            if sum(1 for node in nodes if node.get("status") == "online") >= count:
+                return
+            time.sleep(1.0)
+        pytest.fail(f"fewer than {count} SuperNodes online after {NODES_ONLINE_TIMEOUT_S} s")
+
+    def gateway_client(self, member: ClientLayout | None) -> httpx.Client:
+        """An HTTP client to the gateway presenting ``member``'s certificate (or none)."""
+        return httpx.Client(
+            base_url=f"https://localhost:{self.gateway_port}",
+            verify=tls_context(self.pki.ca_certificate, member),
+            timeout=10.0,
+        )
+
+    @property
+    def gateway_audit_log(self) -> Path:
+        return self.service_dir / "gateway-audit.db"
+
+    # ------------------------------------------------------------ shutdown
+    def marked_processes(self) -> dict[int, str]:
+        """Live processes carrying this module's marker (zombies excluded): pid → command."""
+        needle = f"{MARKER_VARIABLE}={self.marker}".encode()
+        found: dict[int, str] = {}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            try:
+                if (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                    continue
+                if needle not in (entry / "environ").read_bytes().split(b"\0"):
+                    continue
+                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            found[int(entry.name)] = command.strip()
+        return found
+
+    def stop(self, name: str) -> int | None:
+        """SIGTERM one ``ztfl`` process (it stops its own children) and wait for it."""
+        process = self.processes[name]
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, signal.SIGTERM)
+        try:
+            return process.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.forced.append(f"SIGKILL {name}")
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=STOP_TIMEOUT_S)
+            return None
+
+    def shutdown(self) -> dict[str, int | None]:
+        """Stop clients, then the server, by SIGTERM; kill stragglers; the exit codes."""
+        if self.stopped:
+            return {}
+        self.stopped = True
+        codes = {
+            name: self.stop(name)
+            for name in sorted(self.processes, key=lambda name: name == "server")
+        }
+        deadline = time.monotonic() + ORPHAN_EXIT_TIMEOUT_S
+        while self.marked_processes() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            stragglers = self.marked_processes()
+            for pid, command in stragglers.items():
+                self.forced.append(f"{sig.name} {pid} {command}")
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+            if stragglers:
+                time.sleep(2.0)
+        return codes
+
+    def report(self) -> str:
+        """Every captured log, for the failure report."""
+        parts = []
+        logs = dict(self.log_files)
+        logs["superlink"] = self.service_dir / "logs" / "superlink.log"
+        for name in (*NODES, OFF_LIST_CLIENT):
+            logs[f"supernode-{name}"] = self.client_dir(name) / "logs" / "supernode.log"
+        for name, path in logs.items():
+            text = path.read_text(errors="replace") if path.exists() else "(no log)"
+            parts.append(f"===== {name} ({path}) =====\n{text[-6000:]}")
+        parts.extend(f"===== ztfl CLI =====\n{output}" for output in self.cli_outputs)
+        if self.forced:
+            parts.append("===== killed after shutdown =====\n" + "\n".join(self.forced))
+        return "\n".join(parts)
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ZeroTrustFederation]:
+    """The coordinator service and three nodes, all online; stopped (logs printed) after."""
+    federation = ZeroTrustFederation(tmp_path_factory.mktemp("zero-trust"))
+    try:
+        federation.start_server()
+        for partition_id, name in enumerate(NODES):
+            federation.start_client(name, partition_id, len(NODES))
+        federation.wait_for_online_nodes(len(NODES))
+        yield federation
+    finally:
+        codes = federation.shutdown()
+        print(federation.report())  # pytest shows it only when a test failed
+        leftovers = federation.marked_processes()
+        assert not leftovers, f"processes outlived the module: {leftovers}"
+        assert not federation.forced, "processes had to be killed: " + "; ".join(federation.forced)
+        assert codes.get("server") == 0, f"ztfl server up exited with {codes.get('server')}"
+
+
+@pytest.fixture(scope="module")
+def completed_run(federation: ZeroTrustFederation) -> CompletedRun:
+    """Two rounds through gateway and sidecars with ``ztfl run``, streamed to the end."""
+    run_config = federation.root / "run.toml"
+    run_config.write_text(
+        "num-server-rounds = 2\nlocal-epochs = 1\nbatch-size = 32\n"
+        f"min-nodes = {len(NODES)}\nround-timeout-s = 90.0\nnode-wait-timeout-s = 60.0\n"
+    )
+    completed = federation.ztfl(
+        "run",
+        str(run_config),
+        "--server",
+        str(federation.service_dir),
+        "--app",
+        str(federation.app_dir),
+        timeout_s=RUN_TIMEOUT_S,
+    )
+    records = audit_records(federation.state_dir / "audit.db")
+    return CompletedRun(
+        completed.returncode, completed.stdout + completed.stderr, [r.kind for r in records]
+    )
+
+
+# ---------------------------------------------------------------- end to end
+def test_ztfl_run_completes_two_rounds_through_gateway_and_sidecars(
+    completed_run: CompletedRun,
+) -> None:
+    assert completed_run.exit_code == 0, completed_run.output[-3000:]
+    assert "finished:completed" in completed_run.output
+    for round_number in (1, 2):
+        assert f"round {round_number}: {len(NODES)} accepted, 0 refused, committed" in (
+            completed_run.output
+        )
+    assert completed_run.kinds.count(AuditEventKind.ROUND_COMPLETED) == 2
+
+
+def test_every_node_verifies_the_signed_models_it_receives(completed_run: CompletedRun) -> None:
+    assert completed_run.kinds.count(AuditEventKind.MODEL_COMMITTED) == 3  # round 0, 1, 2
+    assert AuditEventKind.CLIENT_VERIFICATION_FAILED not in completed_run.kinds
+    assert AuditEventKind.UPDATE_REFUSED not in completed_run.kinds
+
+
+def test_ztfl_run_prints_the_app_bundle_hash_the_clients_allow(
+    federation: ZeroTrustFederation, completed_run: CompletedRun
+) -> None:
+    assert f"app bundle sha256 {federation.app_bundle}" in completed_run.output
+
+
+def test_health_endpoint_reports_superlink_gateway_and_trust(
+    federation: ZeroTrustFederation,
+) -> None:
+    response = httpx.get(federation.health_url, timeout=10.0)
+    assert response.status_code == 200
+    assert response.json() == {
+        "status": "ok",
+        "superlink": "running",
+        "gateway": "serving",
+        "trust": "ok",
+    }
+
+
+# ---------------------------------------------------------------- refused at the gateway
+def test_a_connection_without_a_client_certificate_is_refused(
+    federation: ZeroTrustFederation,
+) -> None:
+    with (
+        pytest.raises((httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError)),
+        federation.gateway_client(None) as client,
+    ):
+        client.post("/v1/fleet/pull-messages", content=b"")
+
+
+def test_a_certificate_from_another_ca_cannot_connect(federation: ZeroTrustFederation) -> None:
+    impostor = federation.foreign.clients["alice"]  # same federation name, other CA
+    with (
+        pytest.raises((httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError)),
+        federation.gateway_client(impostor) as client,
+    ):
+        client.post(
+            "/v1/fleet/pull-messages", content=b"", headers=captured_fleet_headers(impostor)
+        )
+
+
+def test_fleet_headers_replayed_over_another_clients_tls_identity_are_refused_and_audited(
+    federation: ZeroTrustFederation,
+) -> None:
+    alice, bob = federation.pki.clients["alice"], federation.pki.clients["bob"]
+    captured = captured_fleet_headers(alice)
+    with federation.gateway_client(bob) as client:
+        replayed = client.post("/v1/fleet/pull-messages", content=b"", headers=captured)
+    assert replayed.status_code == 403
+    record = wait_for_record(
+        federation.gateway_audit_log,
+        lambda r: (
+            r.kind is AuditEventKind.REQUEST_REFUSED
+            and r.reason == "node_key_mismatch"
+            and r.details.get("identity") == f"spiffe://{FEDERATION}/client/bob"
+        ),
+        "the replayed headers",
+        federation.check_alive,
+    )
+    assert record.details.get("identity") == f"spiffe://{FEDERATION}/client/bob"
+
+
+def test_the_control_api_is_not_reachable_through_the_gateway(
+    federation: ZeroTrustFederation,
+) -> None:
+    alice = federation.pki.clients["alice"]
+    with federation.gateway_client(alice) as client:
+        for target in ("/v1/control/list-runs", "/v1/fleet/../control/list-runs"):
+            response = client.post(target, content=b"", headers=captured_fleet_headers(alice))
+            assert response.status_code in (400, 403, 404), target
+    refusals = [
+        record
+        for record in audit_records(federation.gateway_audit_log)
+        if record.kind is AuditEventKind.REQUEST_REFUSED
+        and record.details.get("identity") == f"spiffe://{FEDERATION}/client/alice"
+    ]
+    assert len(refusals) >= 2
+
+
+def test_the_superlink_listens_on_loopback_only(federation: ZeroTrustFederation) -> None:
+    with open("/proc/net/tcp") as table:
+        listening = [
+            line.split()[1]
+            for line in table.read().splitlines()[1:]
+            if line.split()[3] == "0A"  # LISTEN
+            and int(line.split()[1].rpartition(":")[2], 16) == federation.superlink_port
+        ]
+    assert listening == ["0100007F:" + f"{federation.superlink_port:04X}"]
+
+
+# ---------------------------------------------------------------- changes the federation
+def test_an_app_bundle_off_the_clients_allow_list_is_refused_by_its_sidecar(
+    federation: ZeroTrustFederation, completed_run: CompletedRun
+) -> None:
+    federation.start_client(OFF_LIST_CLIENT, 0, len(NODES))
+    federation.wait_for_online_nodes(len(NODES) + 1)
+    second_state = federation.root / "second-run-state"
+    prepare_state_dir(second_state, read_signing_key(federation.signing_key).public_key())
+    run_config = federation.root / "second-run.toml"
+    run_config.write_text(
+        f"num-server-rounds = 1\nmin-nodes = {len(NODES) + 1}\nnode-wait-timeout-s = 60.0\n"
+    )
+    submitted = federation.ztfl(
+        "run",
+        str(run_config),
+        "--server",
+        str(federation.service_dir),
+        "--app",
+        str(federation.app_dir),
+        "--set",
+        f"state-dir={json.dumps(str(second_state))}",
+        "--no-stream",
+    )
+    assert submitted.returncode == 0, submitted.stderr
+    started = RUN_STARTED.search(submitted.stderr)
+    assert started is not None
+    try:
+        record = wait_for_record(
+            federation.off_list.root / "sidecar-audit.sqlite",
+            lambda r: r.kind is AuditEventKind.APP_BUNDLE_REFUSED,
+            "the refused app bundle",
+            lambda: federation.check_alive("server"),
+        )
+    finally:
+        subprocess.run(
+            [str(BIN / "flwr"), "stop", started.group(1), "ztfl"],
+            env={**federation.environment(), "FLWR_HOME": str(federation.service_dir / "control")},
+            capture_output=True,
+            timeout=CLI_TIMEOUT_S,
+            check=False,
+        )
+    assert federation.app_bundle in json.dumps(dict(record.details))
+
+
+def test_a_revoked_clients_next_request_is_refused_and_audited(
+    federation: ZeroTrustFederation, completed_run: CompletedRun
+) -> None:
+    carol = f"spiffe://{FEDERATION}/client/carol"
+    revoked = federation.ztfl("pki", "revoke", carol, "--dir", str(federation.pki.authority.root))
+    assert revoked.returncode == 0, revoked.stderr
+    # Carol's SuperNode keeps polling through her sidecar: its next request is refused.
+    record = wait_for_record(
+        federation.gateway_audit_log,
+        lambda r: (
+            r.kind is AuditEventKind.NODE_REFUSED
+            and r.reason == "revoked"
+            and r.details.get("identity") == carol
+        ),
+        "carol's revoked certificate",
+        lambda: federation.check_alive("server"),
+    )
+    assert record.reason == "revoked"
+    with (
+        federation.gateway_client(federation.pki.clients["carol"]) as client,
+    ):
+        response = client.post(
+            "/v1/fleet/pull-messages",
+            content=b"",
+            headers=captured_fleet_headers(federation.pki.clients["carol"]),
+        )
+    assert response.status_code == 403
