@@ -23,7 +23,15 @@ from ztfl.trust.keys import read_signing_key
 
 from .config import ConfigError, CoordinatorConfig
 from .coordinator import Coordinator, open_ledger
-from .history import RoundRecord
+from .history import RoundObserver, RoundRecord
+from .metrics import (
+    CoordinatorMetrics,
+    MetricsEndpoint,
+    MetricsServer,
+    metrics_port,
+    serve_metrics,
+    without_metrics_keys,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +70,11 @@ def main(grid: Grid, context: Context) -> None:
     # at INFO; each log upload is itself a request, so the run log would fill
     # with its own transport chatter.
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    config = CoordinatorConfig.from_run_config(context.run_config)
+    config = CoordinatorConfig.from_run_config(without_metrics_keys(context.run_config))
+    try:
+        port = metrics_port(context.run_config)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     if config.num_byzantine == 0:
         logger.warning(
             "num-byzantine is 0: pipeline '%s' is configured to tolerate no Byzantine clients",
@@ -79,11 +91,22 @@ def main(grid: Grid, context: Context) -> None:
     ledger = open_ledger(
         config, initial, state_dir=Path(config.state_dir), key=key, resume=config.resume
     )
+    observers: list[RoundObserver] = [LoggingObserver()]
+    metrics_server: MetricsServer | None = None
     try:
-        coordinator = Coordinator(config, initial, ledger=ledger, observers=[LoggingObserver()])
+        if port:
+            # Loopback only, no credentials: remote scrapes go through a local agent or
+            # serve_metrics with auth or mutual TLS (docs/metrics.md).
+            metrics = CoordinatorMetrics()
+            observers.append(metrics)
+            metrics_server = serve_metrics(metrics.registry, MetricsEndpoint(port=port))
+            logger.info("metrics on %s", metrics_server.url)
+        coordinator = Coordinator(config, initial, ledger=ledger, observers=observers)
         history = coordinator.run(grid)
     finally:
         ledger.close()
+        if metrics_server is not None:
+            metrics_server.close()
     if history.stop_reason:
         logger.warning("training stopped early: %s", history.stop_reason)
     last = history.rounds[-1] if history.rounds else None
