@@ -227,3 +227,72 @@ def _required(value: float | None) -> float:
     if value is None:
         raise PolicyViolation("a DP round must declare every DP setting")
     return value
+
+
+# Secure aggregation floor -------------------------------------------------------------------
+SECAGG_MIN_GROUP_SIZE = "secagg-min-group-size"
+SECAGG_MIN_THRESHOLD = "secagg-min-threshold"
+REQUIRE_SECURE_AGGREGATION = "require-secure-aggregation"
+SECAGG_POLICY_KEYS = (SECAGG_MIN_GROUP_SIZE, SECAGG_MIN_THRESHOLD, REQUIRE_SECURE_AGGREGATION)
+
+SECAGG_FLOOR_GROUP_SIZE = 3
+"""No node takes part in a group smaller than this, whatever its configuration says."""
+
+
+@dataclass(frozen=True)
+class SecureAggregationPolicy:
+    """The weakest secure-aggregation round a node takes part in, from its node config::
+
+        secagg-min-group-size = 5        refuse groups of fewer members (k; at least 3)
+        secagg-min-threshold = 3         refuse a threshold t below this (t > k/2 always)
+        require-secure-aggregation = true   refuse plaintext training rounds
+
+    A member checks k and t in the group's signed setup before it generates any key
+    (``SecAggRefusalReason.WEAK_PARAMETERS``): the coordinator proposes, the client decides.
+    """
+
+    min_group_size: int = SECAGG_FLOOR_GROUP_SIZE
+    min_threshold: int = 2
+    require_secure_aggregation: bool = False
+
+    def __post_init__(self) -> None:
+        if self.min_group_size < SECAGG_FLOOR_GROUP_SIZE:
+            raise PolicyError(
+                f"{SECAGG_MIN_GROUP_SIZE} must be at least {SECAGG_FLOOR_GROUP_SIZE}, "
+                f"got {self.min_group_size}"
+            )
+        if self.min_threshold < 2:
+            raise PolicyError(
+                f"{SECAGG_MIN_THRESHOLD} must be at least 2, got {self.min_threshold}"
+            )
+
+    @classmethod
+    def from_node_config(cls, node_config: Mapping[str, object]) -> SecureAggregationPolicy:
+        """The floor in a node's configuration; PolicyError names a malformed key."""
+        require = node_config.get(REQUIRE_SECURE_AGGREGATION, False)
+        if not isinstance(require, bool):
+            raise PolicyError(
+                f"{REQUIRE_SECURE_AGGREGATION} must be true or false, got {require!r}"
+            )
+        return cls(
+            min_group_size=_configured_count(
+                node_config, SECAGG_MIN_GROUP_SIZE, SECAGG_FLOOR_GROUP_SIZE
+            ),
+            min_threshold=_configured_count(node_config, SECAGG_MIN_THRESHOLD, 2),
+            require_secure_aggregation=require,
+        )
+
+    def check_plaintext_round(self) -> None:
+        """Raise PolicyViolation when this node only takes part in secure rounds."""
+        if self.require_secure_aggregation:
+            raise PolicyViolation(
+                "the round sends updates in the clear; this node's policy requires secure "
+                "aggregation"
+            )
+
+
+def _configured_count(node_config: Mapping[str, object], key: str, default: int) -> int:
+    value = node_config.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise PolicyError(f"{key} must be an integer, got {value!r}")
+    return value

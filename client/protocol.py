@@ -119,3 +119,55 @@ def refusal_reason(code: int) -> ModelRefusalReason | None:
     if not name.startswith("MODEL_"):
         return None
     return ModelRefusalReason[name.removeprefix("MODEL_")]
+
+
+# Secure aggregation (SecAgg+ in groups, docs/secure-aggregation.md) ------------------------
+# One round is four Message API stages, each a ``train.<action>`` message; the first carries
+# the broadcast of a plaintext training message (model, config, manifest, privacy) plus the
+# group's setup, so the member verifies, trains, clips and quantizes before it advertises keys.
+SECAGG_SETUP_ACTION = "secagg_setup"
+SECAGG_SHARE_KEYS_ACTION = "secagg_share_keys"
+SECAGG_MASKED_INPUT_ACTION = "secagg_masked_input"
+SECAGG_UNMASK_ACTION = "secagg_unmask"
+SECAGG_SETUP = f"train.{SECAGG_SETUP_ACTION}"
+SECAGG_SHARE_KEYS = f"train.{SECAGG_SHARE_KEYS_ACTION}"
+SECAGG_MASKED_INPUT = f"train.{SECAGG_MASKED_INPUT_ACTION}"
+SECAGG_UNMASK = f"train.{SECAGG_UNMASK_ACTION}"
+SECAGG_MESSAGE_TYPES = (SECAGG_SETUP, SECAGG_SHARE_KEYS, SECAGG_MASKED_INPUT, SECAGG_UNMASK)
+
+SECAGG_KEY = "ztfl.secagg"
+"""ConfigRecord with one SecAgg+ stage message, both directions (``ztfl.client.secagg_records``)."""
+SECAGG_MASKED_KEY = "ztfl.secagg.masked"
+"""ArrayRecord with a member's masked input (ring words, uint32 for b ≤ 32), client → server."""
+
+
+class SecAggErrorCode(IntEnum):
+    """Why a member refused a secure-aggregation stage: one code per ``SecAggRefusalReason``
+    (``secagg_refusal_code``), plus the node's own missing identity. Sent as the ``Error`` code."""
+
+    SECAGG_BAD_SIGNATURE = 4201
+    SECAGG_BAD_ROSTER_SIGNATURE = 4202
+    SECAGG_ROSTER_MISMATCH = 4203
+    SECAGG_DOUBLE_UNMASK_REQUEST = 4204
+    SECAGG_BELOW_THRESHOLD = 4205
+    SECAGG_BAD_SHARE = 4206
+    SECAGG_WEAK_PARAMETERS = 4207
+    SECAGG_OUT_OF_ORDER = 4208
+    SECAGG_MALFORMED = 4209
+    SECAGG_NO_IDENTITY = 4210
+    """The node has no usable identity key, certificate or federation CA (node config)."""
+
+
+def secagg_refusal_code(reason: str) -> SecAggErrorCode:
+    """The error code a member replies with when it refuses a stage for ``reason`` (a
+    ``SecAggRefusalReason`` value)."""
+    return SecAggErrorCode[f"SECAGG_{reason.upper()}"]
+
+
+def secagg_refusal_name(code: int) -> str | None:
+    """The refusal an error code stands for (``bad_signature``, … ``no_identity``), or None
+    for a code that is not a secure-aggregation refusal."""
+    try:
+        return SecAggErrorCode(code).name.removeprefix("SECAGG_").lower()
+    except ValueError:
+        return None

@@ -139,6 +139,36 @@ class SecAggClient:
             )
         self._input = quantized
 
+    def set_quantized_input(self, words: npt.NDArray[np.unsignedinteger]) -> None:
+        """Take an input already quantized into the ring (d words, then the extra channels),
+        for a member that quantizes elsewhere (e.g. on an accelerator). Nothing here checks
+        that it came from an update of norm ≤ C — nothing can, which is why the coordinator
+        refuses group means longer than C.
+
+        Raises:
+            SecAggRefusal: OUT_OF_ORDER as ``set_input``; MALFORMED for another word type,
+                length, or a word outside [0, 2^b).
+        """
+        if self._params is None or self._stage not in (ClientStage.ADVERTISED, ClientStage.SHARED):
+            raise SecAggRefusal(
+                SecAggRefusalReason.OUT_OF_ORDER, "the input is set after setup, before masking"
+            )
+        dtype = masks.ring_dtype(self._params.modulus_bits)
+        if (
+            not isinstance(words, np.ndarray)
+            or words.dtype != dtype
+            or words.shape != (self._params.input_length,)
+        ):
+            raise SecAggRefusal(
+                SecAggRefusalReason.MALFORMED,
+                f"a quantized input is {self._params.input_length} {dtype} words",
+            )
+        if self._params.modulus_bits < 8 * dtype.itemsize and int(words.max()) >> (
+            self._params.modulus_bits
+        ):
+            raise SecAggRefusal(SecAggRefusalReason.MALFORMED, "a word lies outside the ring")
+        self._input = np.array(words, dtype=dtype, copy=True)
+
     def export_state(self) -> bytes:
         """The member's round state as bytes, to carry it between two stage messages (e.g. in
         Flower's ``context.state``, where a ClientApp finds it at the next stage).
