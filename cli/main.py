@@ -11,6 +11,7 @@ from .client import client_app
 from .coordinator import coordinator_app
 from .evidence import evidence
 from .model import app as model_app
+from .nodes import nodes_app
 from .pki import pki_app
 from .report import report
 from .run import run
@@ -37,6 +38,7 @@ app.add_typer(audit_app)
 app.add_typer(coordinator_app)
 app.add_typer(pki_app, name="pki")
 app.add_typer(client_app, name="client")
+app.add_typer(nodes_app, name="nodes")
 app.add_typer(server_app, name="server")
 app.command("run")(run)
 

@@ -25,6 +25,8 @@ from ztfl.aggregation.privacy.accounting import (
 from ztfl.aggregation.privacy.calibration import CalibrationError, calibrate_noise_multiplier
 from ztfl.aggregation.privacy.sensitivity import DPConfigurationError, pipeline_sensitivity
 
+from .quarantine import QuarantineConfig
+
 
 class Weighting(StrEnum):
     """How client updates are weighted. Reported example counts are never taken on trust."""
@@ -97,6 +99,15 @@ class CoordinatorConfig:
     """γ: the fraction of updates adaptive clipping aims to leave unclipped."""
     dp_clipped_count_stddev: float = 0.0
     """σ_b, the noise on the count of unclipped updates, in clients; 0 = expected clients / 20."""
+    quarantine: bool = True
+    """Exclude nodes whose reputation falls below ``quarantine_threshold`` (docs/monitoring.md);
+    false: scores and reputations are still recorded, nobody is excluded."""
+    reputation_decay: float = 0.8
+    """λ: each round's evidence moves a node's reputation by (1 − λ) of the way."""
+    quarantine_threshold: float = 0.5
+    """Reputation (1 = fully trusted) below which a node is quarantined."""
+    quarantine_min_rounds: int = 3
+    """Rounds a node must have been observed in before it can be quarantined."""
 
     def __post_init__(self) -> None:
         checks = {
@@ -116,6 +127,10 @@ class CoordinatorConfig:
         for key, ok in checks.items():
             if not ok:
                 raise ConfigError(f"{key} is out of range")
+        try:
+            self.quarantine_config()
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
         pipeline = self.build_pipeline()
         if self.dp:
             self._check_dp(pipeline)
@@ -217,6 +232,15 @@ class CoordinatorConfig:
         except AccountingError as error:
             raise ConfigError(f"dp: {error}") from error
         return AccountantConfig(**settings)
+
+    def quarantine_config(self) -> QuarantineConfig:
+        """The quarantine policy's settings; ValueError naming the key when out of range."""
+        return QuarantineConfig(
+            enabled=self.quarantine,
+            decay=self.reputation_decay,
+            threshold=self.quarantine_threshold,
+            min_rounds=self.quarantine_min_rounds,
+        )
 
     def build_pipeline(self) -> Pipeline:
         """The aggregation pipeline this configuration names."""

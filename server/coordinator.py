@@ -26,6 +26,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from ztfl.aggregation import ModelSpec, Pipeline, ToleranceError
+from ztfl.aggregation.anomaly import anomaly_scores
 from ztfl.aggregation.privacy.accounting import PrivacyAccountant
 from ztfl.aggregation.privacy.adaptive_clipping import (
     AdaptiveClipNorm,
@@ -57,6 +58,7 @@ from .history import (
     VerificationFailure,
 )
 from .ledger import RunLedger
+from .quarantine import Decision, QuarantineHook, QuarantinePolicy, round_observations
 from .run_state import CoordinatorState
 from .sampling import NodeSampler
 from .unpacking import collect_updates
@@ -127,9 +129,11 @@ class Coordinator:
         central_evaluation: CentralEvaluation | None = None,
         observers: Sequence[RoundObserver] = (),
         noise_generator: np.random.Generator | None = None,
+        quarantine_hooks: Sequence[QuarantineHook] = (),
     ) -> None:
         """``noise_generator``: tests only (a seeded ``secure_generator``); by default DP noise
-        comes from a fresh ``secure_generator()``."""
+        comes from a fresh ``secure_generator()``. ``quarantine_hooks`` respond to each
+        quarantine (revoke the node's certificate, unregister it)."""
         self.config = config
         self.ledger = ledger
         self.pipeline: Pipeline = config.build_pipeline()
@@ -149,6 +153,13 @@ class Coordinator:
         self._adaptive_clip: AdaptiveClipNorm | None = None
         self._update_noise_multiplier: float | None = None
         self._noise_generator = noise_generator or secure_generator()
+        # Quarantine never leaves fewer eligible nodes than a round needs.
+        self.quarantine = QuarantinePolicy(
+            config.quarantine_config(),
+            minimum_population=max(self.pipeline.minimum_clients(), config.clients_per_round, 1),
+            hooks=quarantine_hooks,
+        )
+        self._answered: frozenset[int] = frozenset()
         # Poisson sampling draws from the secure generator unless a seed asks for a replay.
         self._dp_sampling_generator = None if config.seed is not None else secure_generator()
         if config.dp:
@@ -165,6 +176,8 @@ class Coordinator:
             self._node_digests = {int(node): digest for node, digest in state.node_digests.items()}
             self.history = RunHistory.from_json(dict(state.history))
             self.completed_rounds = state.round
+            if state.quarantine is not None:
+                self.quarantine.restore(state.quarantine)
             if self.accountant is not None and state.privacy is not None:
                 self.accountant = PrivacyAccountant.from_state(
                     state.privacy["accountant"], expected_config=self.accountant.config
@@ -212,7 +225,7 @@ class Coordinator:
         (DP_BUDGET) and PrivacyBudgetExhaustedError is raised before any node is sampled.
         """
         self._check_budget(server_round)
-        record = self._round(grid, server_round)
+        record = self._monitor(self._round(grid, server_round), grid)
         self.history.rounds.append(record)
         self.completed_rounds = server_round
         self._commit_state()
@@ -233,6 +246,7 @@ class Coordinator:
                 node_digests={str(node): digest for node, digest in self._node_digests.items()},
                 history=self.history.to_json(),
                 privacy=self._privacy_state(),
+                quarantine=self.quarantine.to_state(),
             )
         )
 
@@ -363,8 +377,60 @@ class Coordinator:
         assert self._population is not None
         return max(1, round(self.config.dp_sampling_rate * self._population))
 
-    def _sample(self, grid: Grid) -> tuple[int, ...]:
-        node_ids = list(grid.get_node_ids())
+    def _monitor(self, record: RoundRecord, grid: Grid) -> RoundRecord:
+        """Fold the round's evidence into reputations; quarantine and audit (docs/monitoring.md)."""
+        scores = (
+            None
+            if record.anomaly_scores is None
+            else {int(node): score for node, score in record.anomaly_scores.items()}
+        )
+        observations = round_observations(
+            record.server_round,
+            sampled=record.sampled_nodes,
+            answered=self._answered,
+            refused=record.refused,
+            verification_failures=record.verification_failures,
+            scores=scores,
+            ramp=self.quarantine.config.ramp,
+        )
+        incidents = self.quarantine.observe(observations, connected=grid.get_node_ids())
+        for incident in incidents:
+            logger.warning(
+                "round %d: node %d %s (reputation %.3f)",
+                record.server_round,
+                incident.node_id,
+                incident.decision.value,
+                incident.reputation,
+            )
+            self.ledger.quarantine_decided(
+                record.server_round, incident.node_id, incident.decision.value, incident.details()
+            )
+        return replace(
+            record,
+            reputation={str(node): value for node, value in self.quarantine.reputations().items()},
+            quarantined=tuple(
+                incident.node_id
+                for incident in incidents
+                if incident.decision is Decision.QUARANTINED
+            ),
+        )
+
+    def _apply_releases(self, server_round: int) -> None:
+        """Reinstate nodes an operator released (``ztfl nodes release``: QUARANTINE events
+        with reason ``released`` in the audit log) since the last round."""
+        for entry in self.ledger.audit.records(self.quarantine.audit_seen + 1):
+            self.quarantine.audit_seen = entry.seq
+            if (
+                entry.kind is AuditEventKind.QUARANTINE
+                and entry.reason == Decision.RELEASED.value
+                and entry.node_id is not None
+                and self.quarantine.release(entry.node_id, server_round) is not None
+            ):
+                logger.warning("node %d released by an operator", entry.node_id)
+
+    def _sample(self, grid: Grid, server_round: int) -> tuple[int, ...]:
+        self._apply_releases(server_round)
+        node_ids = self.quarantine.eligible(grid.get_node_ids())
         if self.accountant is None:
             return self._sampler.sample(node_ids, self.config.clients_per_round)
         if self._population is None:
@@ -414,13 +480,14 @@ class Coordinator:
     def _round(self, grid: Grid, server_round: int) -> RoundRecord:
         started = time.perf_counter()
         ledger = self.ledger
-        sampled = self._sample(grid)
+        sampled = self._sample(grid, server_round)
         ledger.round_started(server_round, sampled)
         replies = list(
             grid.send_and_receive(
                 self._train_messages(sampled, server_round), timeout=self.config.round_timeout_s
             )
         )
+        self._answered = frozenset(int(reply.metadata.src_node_id) for reply in replies)
         failures = self._read_client_verdicts(replies, sampled, server_round, "train")
         collected = collect_updates(
             replies,
@@ -512,6 +579,16 @@ class Coordinator:
             if selected_rows is not None and self.pipeline.preserves_rows
             else None
         )
+        # In DP mode no per-client score is computed (docs/monitoring.md).
+        scores = (
+            None
+            if self.accountant is not None
+            else anomaly_scores(
+                collected.matrix,
+                aggregate,
+                selected_rows if self.pipeline.preserves_rows else None,
+            ).score.tolist()
+        )
         federated: dict[str, float] = {}
         # In DP mode clients' evaluation figures would be released without noise: not asked.
         if self.config.federated_evaluation and self.accountant is None:
@@ -530,6 +607,9 @@ class Coordinator:
             federated_metrics=federated,
             verification_failures=failures,
             model_digest=ledger.model_digest,
+            anomaly_scores=None
+            if scores is None
+            else {str(node): score for node, score in zip(collected.node_ids, scores, strict=True)},
         )
 
     def _read_client_verdicts(

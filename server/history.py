@@ -63,7 +63,13 @@ class RoundRecord:
     model_digest: str | None = None
     privacy: dict[str, Any] | None = None
     """With DP: z, C, q, δ and ε spent after this round (what the signed manifest states)."""
-    """Digest of the signed global model after the round (the previous one when skipped)."""
+    anomaly_scores: dict[str, float] | None = None
+    """Plaintext rounds that aggregated: each accepted node's anomaly score (node id as text).
+    None in DP mode (never computed: docs/monitoring.md) and in skipped rounds."""
+    reputation: dict[str, float] | None = None
+    """Every observed node's reputation after this round (node id as text)."""
+    quarantined: tuple[int, ...] = ()
+    """Nodes quarantined in this round."""
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dictionary (reasons as their string identifiers)."""
@@ -100,7 +106,7 @@ class RoundRecord:
             )
             for item in data.get("verification_failures", [])
         )
-        for name in ("sampled_nodes", "accepted_nodes", "selected_nodes", "weights"):
+        for name in ("sampled_nodes", "accepted_nodes", "selected_nodes", "weights", "quarantined"):
             if values.get(name) is not None:
                 values[name] = tuple(values[name])
         return cls(**values)

@@ -577,6 +577,19 @@ class RunLedger:
             details=details,
         )
 
+    def quarantine_decided(
+        self, server_round: int, node_id: int, decision: str, details: Mapping[str, object]
+    ) -> None:
+        """Log QUARANTINE: a node quarantined (or the decision deferred) with its evidence."""
+        self.audit.append(
+            AuditEventKind.QUARANTINE,
+            run_id=self.run_id,
+            round=server_round,
+            node_id=node_id,
+            reason=decision,
+            details=details,
+        )
+
     def round_completed(self, server_round: int) -> None:
         """Log ROUND_COMPLETED for the committed model."""
         self.audit.append(

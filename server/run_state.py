@@ -58,6 +58,8 @@ class CoordinatorState:
     """``RunHistory.to_json()`` up to this round."""
     privacy: Mapping[str, Any] | None = None
     """With DP: the accountant's state and the population N, so a resume never resets ε."""
+    quarantine: Mapping[str, Any] | None = None
+    """The quarantine policy: reputations, quarantined nodes and their evidence."""
 
     def to_json(self) -> bytes:
         """The file's bytes: the body and its SHA-256."""
@@ -75,6 +77,8 @@ class CoordinatorState:
         }
         if self.privacy is not None:
             body["privacy"] = dict(self.privacy)
+        if self.quarantine is not None:
+            body["quarantine"] = dict(self.quarantine)
         return json.dumps(
             {"body": body, "sha256": _checksum(body)}, sort_keys=True, indent=1, allow_nan=True
         ).encode()
@@ -107,6 +111,9 @@ class CoordinatorState:
                 node_digests=_typed(body, "node_digests", dict),
                 history=_typed(body, "history", dict),
                 privacy=None if body.get("privacy") is None else _typed(body, "privacy", dict),
+                quarantine=(
+                    None if body.get("quarantine") is None else _typed(body, "quarantine", dict)
+                ),
             )
             AuditHead.parse(state.audit_head)
             bytes.fromhex(state.aggregation_generator)

@@ -60,6 +60,8 @@ class RunResult:
     history: RunHistory
     duration_s: float
     byzantine_partitions: tuple[int, ...]
+    byzantine_nodes: frozenset[int] = frozenset()
+    """The Flower node ids the adversary controlled (empty for a run read back on resume)."""
 
     @property
     def final_accuracy(self) -> float:
@@ -238,6 +240,7 @@ def run_plan(
                     history,
                     time.perf_counter() - started,
                     adversary.byzantine_partitions,
+                    adversary.byzantine_nodes,
                 )
             )
 
