@@ -224,7 +224,7 @@ def handle_secure_setup(
         anchor = load_anchor(context)
         _check_round(message, params, anchor)
         keys = _roster_keys(message, anchor)
-        identity = _identity(load_identity, context)
+        identity = load_identity(context)
         client = SecAggClient(
             _member_id(context),
             identity_key=identity.key,
@@ -246,6 +246,9 @@ def handle_secure_setup(
     except SecAggRefusal as refusal:
         _erase(context)
         return secagg_refusal_reply(message, refusal)
+    except IdentityError as error:
+        _erase(context)
+        return no_identity_reply(message, error)
     content = RecordDict(
         {
             protocol.SECAGG_KEY: records.key_advertisement_record(
@@ -265,7 +268,7 @@ def handle_secure_stage(
             raise SecAggRefusal(SecAggRefusalReason.MALFORMED, "the message has no content")
         record = records.secagg_record(message.content)
         state = _stored(context, records.addressed(record))
-        identity = _identity(load_identity, context)
+        identity = load_identity(context)
         kind = message.metadata.message_type
         verify_identity: IdentityVerifier = _nobody
         request: ServerMessage
@@ -298,6 +301,9 @@ def handle_secure_stage(
     except ClientRefusal as refusal:
         _erase(context)
         return Message(Error(code=int(refusal.code), reason=refusal.reason), reply_to=message)
+    except IdentityError as error:
+        _erase(context)
+        return no_identity_reply(message, error)
     if kind == protocol.SECAGG_SHARE_KEYS:
         content = RecordDict({protocol.SECAGG_KEY: records.encrypted_shares_record(params, reply)})  # type: ignore[arg-type]
     elif kind == protocol.SECAGG_MASKED_INPUT:
@@ -311,6 +317,12 @@ def secagg_refusal_reply(message: Message, refusal: SecAggRefusal) -> Message:
     """The error reply that tells the coordinator why this member refused the stage."""
     code = protocol.secagg_refusal_code(refusal.reason.value)
     return Message(Error(code=int(code), reason=refusal.message[:500]), reply_to=message)
+
+
+def no_identity_reply(message: Message, error: IdentityError) -> Message:
+    """The error reply of a node that cannot take part for want of a usable identity."""
+    code = protocol.SecAggErrorCode.SECAGG_NO_IDENTITY
+    return Message(Error(code=int(code), reason=str(error)[:500]), reply_to=message)
 
 
 # Stage 0 helpers ---------------------------------------------------------------------------
@@ -413,13 +425,6 @@ def _erase(context: Context) -> None:
 
 
 # Identities and signatures -----------------------------------------------------------------
-def _identity(load_identity: IdentityLoader, context: Context) -> MemberIdentity:
-    try:
-        return load_identity(context)
-    except IdentityError as error:
-        raise ClientRefusal(protocol.ClientErrorCode.INVALID_POLICY, str(error)) from error
-
-
 def _member_id(context: Context) -> str:
     """The coordinator names members by their Flower node id."""
     return str(context.node_id)
