@@ -18,6 +18,7 @@ children inherit the marker, which is how teardown proves nothing outlived the m
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import json
@@ -40,12 +41,20 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from flwr.common.config import parse_config_args
+from typer.testing import CliRunner
 
+from ztfl.cli.main import app
+from ztfl.client.launch_error import LaunchError, LaunchErrorReason
+from ztfl.client.launcher import check_enrolment, node_config_text
 from ztfl.server.app_bundle import app_bundle_hash
+from ztfl.server.enrolled_nodes import enrolled_nodes
 from ztfl.server.ledger import TRUST_ANCHOR_FILE, prepare_state_dir
+from ztfl.server.run_submission import write_run_config
+from ztfl.server.service import CoordinatorService, ServiceConfig
 from ztfl.trust.audit import AuditEventKind, AuditLog, AuditRecord
 from ztfl.trust.keys import generate_signing_key, read_signing_key, write_signing_key
-from ztfl.trust.pki import ClientLayout, Identity, Role
+from ztfl.trust.pki import ClientLayout, Identity, Role, open_authority, revoke_certificate
 from ztfl.trust.pki.keyfiles import read_private_key
 from ztfl.trust.pki.provisioning import FederationPaths, enrol_member, provision_federation
 
@@ -71,8 +80,8 @@ CLI_TIMEOUT_S = 60.0
 RAY_DEFAULT_PORTS = frozenset({6379, 8076, 8265, 10001, 52365, 62365})
 RAY_WORKER_PORTS = range(10_002, 20_000)
 
+# The federation tests are slow (real processes); the refusals at start-up below them are not.
 pytestmark = [
-    pytest.mark.slow,
     pytest.mark.skipif(
         not (BIN / "flower-superlink").exists(), reason="Flower's executables are not installed"
     ),
@@ -489,6 +498,7 @@ def completed_run(federation: ZeroTrustFederation) -> CompletedRun:
 
 
 # ---------------------------------------------------------------- end to end
+@pytest.mark.slow
 def test_ztfl_run_completes_two_rounds_through_gateway_and_sidecars(
     completed_run: CompletedRun,
 ) -> None:
@@ -501,18 +511,21 @@ def test_ztfl_run_completes_two_rounds_through_gateway_and_sidecars(
     assert completed_run.kinds.count(AuditEventKind.ROUND_COMPLETED) == 2
 
 
+@pytest.mark.slow
 def test_every_node_verifies_the_signed_models_it_receives(completed_run: CompletedRun) -> None:
     assert completed_run.kinds.count(AuditEventKind.MODEL_COMMITTED) == 3  # round 0, 1, 2
     assert AuditEventKind.CLIENT_VERIFICATION_FAILED not in completed_run.kinds
     assert AuditEventKind.UPDATE_REFUSED not in completed_run.kinds
 
 
+@pytest.mark.slow
 def test_ztfl_run_prints_the_app_bundle_hash_the_clients_allow(
     federation: ZeroTrustFederation, completed_run: CompletedRun
 ) -> None:
     assert f"app bundle sha256 {federation.app_bundle}" in completed_run.output
 
 
+@pytest.mark.slow
 def test_health_endpoint_reports_superlink_gateway_and_trust(
     federation: ZeroTrustFederation,
 ) -> None:
@@ -527,6 +540,7 @@ def test_health_endpoint_reports_superlink_gateway_and_trust(
 
 
 # ---------------------------------------------------------------- refused at the gateway
+@pytest.mark.slow
 def test_a_connection_without_a_client_certificate_is_refused(
     federation: ZeroTrustFederation,
 ) -> None:
@@ -537,6 +551,7 @@ def test_a_connection_without_a_client_certificate_is_refused(
         client.post("/v1/fleet/pull-messages", content=b"")
 
 
+@pytest.mark.slow
 def test_a_certificate_from_another_ca_cannot_connect(federation: ZeroTrustFederation) -> None:
     impostor = federation.foreign.clients["alice"]  # same federation name, other CA
     with (
@@ -548,6 +563,7 @@ def test_a_certificate_from_another_ca_cannot_connect(federation: ZeroTrustFeder
         )
 
 
+@pytest.mark.slow
 def test_fleet_headers_replayed_over_another_clients_tls_identity_are_refused_and_audited(
     federation: ZeroTrustFederation,
 ) -> None:
@@ -569,6 +585,7 @@ def test_fleet_headers_replayed_over_another_clients_tls_identity_are_refused_an
     assert record.details.get("identity") == f"spiffe://{FEDERATION}/client/bob"
 
 
+@pytest.mark.slow
 def test_the_control_api_is_not_reachable_through_the_gateway(
     federation: ZeroTrustFederation,
 ) -> None:
@@ -586,6 +603,7 @@ def test_the_control_api_is_not_reachable_through_the_gateway(
     assert len(refusals) >= 2
 
 
+@pytest.mark.slow
 def test_the_superlink_listens_on_loopback_only(federation: ZeroTrustFederation) -> None:
     with open("/proc/net/tcp") as table:
         listening = [
@@ -598,6 +616,7 @@ def test_the_superlink_listens_on_loopback_only(federation: ZeroTrustFederation)
 
 
 # ---------------------------------------------------------------- changes the federation
+@pytest.mark.slow
 def test_an_app_bundle_off_the_clients_allow_list_is_refused_by_its_sidecar(
     federation: ZeroTrustFederation, completed_run: CompletedRun
 ) -> None:
@@ -641,6 +660,7 @@ def test_an_app_bundle_off_the_clients_allow_list_is_refused_by_its_sidecar(
     assert federation.app_bundle in json.dumps(dict(record.details))
 
 
+@pytest.mark.slow
 def test_a_revoked_clients_next_request_is_refused_and_audited(
     federation: ZeroTrustFederation, completed_run: CompletedRun
 ) -> None:
@@ -668,3 +688,121 @@ def test_a_revoked_clients_next_request_is_refused_and_audited(
             headers=captured_fleet_headers(federation.pki.clients["carol"]),
         )
     assert response.status_code == 403
+
+
+# ---------------------------------------------------------------- refused before anything starts
+@pytest.fixture(scope="module")
+def small_pki(tmp_path_factory: pytest.TempPathFactory) -> FederationPaths:
+    """A CA with two clients (anchors installed), an operator and a gateway; no processes."""
+    root = tmp_path_factory.mktemp("small-pki")
+    signing_key = root / "signing.pem"
+    write_signing_key(generate_signing_key(), signing_key)
+    prepare_state_dir(root / "state", read_signing_key(signing_key).public_key())
+    return provision_federation(
+        root / "pki",
+        "unittest",
+        clients=["ann", "ben"],
+        operators=["op"],
+        trust_anchor=root / "state" / TRUST_ANCHOR_FILE,
+        app_bundles=["a" * 64],
+    )
+
+
+def copy_member(member: ClientLayout, destination: Path) -> ClientLayout:
+    """A copy of an enrolment folder (keys keep their 0600 mode) to break on purpose."""
+    shutil.copytree(member.root, destination)
+    return ClientLayout(destination)
+
+
+def test_client_up_refuses_a_node_key_others_can_read(
+    small_pki: FederationPaths, tmp_path: Path
+) -> None:
+    member = copy_member(small_pki.clients["ann"], tmp_path / "ann")
+    member.node_key.chmod(0o644)
+    result = CliRunner().invoke(
+        app, ["client", "up", "--dir", str(member.root), "--gateway", "localhost:9"]
+    )
+    assert result.exit_code == 2
+    assert "mode 0644" in result.output
+    assert "PRIVATE KEY" not in result.output
+
+
+def test_client_up_refuses_an_enrolment_without_its_certificate(
+    small_pki: FederationPaths, tmp_path: Path
+) -> None:
+    member = copy_member(small_pki.clients["ann"], tmp_path / "ann")
+    member.certificate.unlink()
+    with pytest.raises(LaunchError) as refused:
+        check_enrolment(member.root)
+    assert refused.value.reason is LaunchErrorReason.MISSING_FILE
+
+
+def test_client_up_refuses_an_operator_enrolment(small_pki: FederationPaths) -> None:
+    with pytest.raises(LaunchError) as refused:
+        check_enrolment(small_pki.operators["op"].root)
+    assert refused.value.reason is LaunchErrorReason.BAD_CONFIG
+
+
+def test_the_node_config_always_pins_the_enrolled_trust_anchor(tmp_path: Path) -> None:
+    enrolled = tmp_path / "trust-anchor.toml"
+    text = node_config_text("partition-id=0", enrolled, "pkg.data:load", tmp_path / "lineage")
+    assert f"trust-anchor='{enrolled.resolve()}'" in text
+    assert f"lineage-dir='{tmp_path / 'lineage'}'" in text
+    with pytest.raises(LaunchError) as refused:
+        node_config_text(f"trust-anchor='{tmp_path / 'other.toml'}'", enrolled, None)
+    assert refused.value.reason is LaunchErrorReason.BAD_CONFIG
+
+
+def test_server_up_refuses_a_gateway_port_in_use(
+    small_pki: FederationPaths, tmp_path: Path
+) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind((LOOPBACK, 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = ServiceConfig(
+            service_dir=tmp_path / "service",
+            ca_dir=small_pki.authority.root,
+            gateway_dir=small_pki.gateway.root,
+            listen_host=LOOPBACK,
+            listen_port=port,
+        )
+        with pytest.raises(LaunchError) as refused:
+            asyncio.run(CoordinatorService(config).start())
+    assert refused.value.reason is LaunchErrorReason.PORT_IN_USE
+    assert not (tmp_path / "service").exists()  # refused before anything was made or started
+
+
+def test_server_up_refuses_a_gateway_key_others_can_read(
+    small_pki: FederationPaths, tmp_path: Path
+) -> None:
+    gateway = copy_member(small_pki.gateway, tmp_path / "gateway")
+    gateway.key.chmod(0o640)
+    config = ServiceConfig(
+        service_dir=tmp_path / "service", ca_dir=small_pki.authority.root, gateway_dir=gateway.root
+    )
+    with pytest.raises(LaunchError) as refused:
+        config.check_files()
+    assert refused.value.reason is LaunchErrorReason.KEY_FILE_PERMISSIONS
+
+
+def test_only_valid_client_certificates_are_registered_as_nodes(tmp_path: Path) -> None:
+    pki = provision_federation(
+        tmp_path / "pki", "unittest", clients=["ann", "ben"], operators=["op"]
+    )
+    with open_authority(pki.authority.root) as authority:
+        revoke_certificate(authority, "spiffe://unittest/client/ben")
+    names = [node.identity.name for node in enrolled_nodes(pki.authority.root)]
+    assert names == ["ann"]  # ben revoked; the operator and the gateway are not nodes
+
+
+def test_the_run_config_file_carries_paths_exactly_as_flower_reads_them(tmp_path: Path) -> None:
+    awkward = str(tmp_path / "state dir with 'quotes' and \"double\"")
+    written = write_run_config(tmp_path, {"state-dir": awkward, "num-server-rounds": 2})
+    assert parse_config_args([str(written)]) == {"state-dir": awkward, "num-server-rounds": 2}
+
+
+def test_ztfl_run_refuses_when_no_service_runs(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["run", "default", "--server", str(tmp_path / "service")])
+    assert result.exit_code == 2
+    assert "ztfl server up" in result.output
