@@ -108,6 +108,19 @@ class CoordinatorConfig:
     """Reputation (1 = fully trusted) below which a node is quarantined."""
     quarantine_min_rounds: int = 3
     """Rounds a node must have been observed in before it can be quarantined."""
+    secure_aggregation: bool = False
+    """Secure mode (docs/secure-aggregation.md): sampled nodes are split at random into groups
+    of ``group_size``, each group runs SecAgg+, and the pipeline runs over the group means.
+    Clients clip to C (``dp_clip_norm`` with DP, else ``max_update_norm``)."""
+    group_size: int = 5
+    """k, the smallest secure-aggregation group (never below 3)."""
+    secagg_threshold: int = 0
+    """t, shares needed to unmask in a group of k; 0 = ⌊k/2⌋ + 1."""
+    federation_ca: str = ""
+    """Secure mode: the federation CA certificate, to check members' certificates here too
+    (peers always check them; without it one bad certificate aborts its group)."""
+    federation_crl: str = ""
+    """Secure mode: the federation CRL that goes with ``federation_ca``."""
 
     def __post_init__(self) -> None:
         checks = {
@@ -150,6 +163,37 @@ class CoordinatorConfig:
             raise ConfigError(
                 f"pipeline '{pipeline.description}' with num-byzantine={self.num_byzantine} needs "
                 f"at least {pipeline.minimum_clients()} updates per round; {key} is {per_round}"
+            )
+        if self.secure_aggregation:
+            self._check_secure(pipeline, key, per_round)
+
+    def _check_secure(self, pipeline: Pipeline, key: str, per_round: int) -> None:
+        """Secure mode: a valid k and t, enough groups for the rule, no per-client weights,
+        and with DP only the mean (its noise is calibrated independently of the grouping)."""
+        if self.group_size < 3:
+            raise ConfigError(f"group-size must be at least 3, got {self.group_size}")
+        threshold = self.secagg_threshold
+        if threshold and not (2 * threshold > self.group_size and threshold <= self.group_size):
+            raise ConfigError(
+                f"secagg-threshold must satisfy k/2 < t ≤ k (group-size {self.group_size}), "
+                f"got {threshold}"
+            )
+        if self.weighting is not Weighting.UNIFORM:
+            raise ConfigError("secure-aggregation hides per-client weights: weighting=uniform")
+        if bool(self.federation_ca) != bool(self.federation_crl):
+            raise ConfigError("federation-ca and federation-crl go together")
+        if self.dp and pipeline.rule.name != "mean":
+            raise ConfigError(
+                "dp with secure-aggregation needs pipeline 'mean' (a fixed-denominator sum of "
+                "the group sums); a robust rule over group means has no grouping-independent "
+                "sensitivity"
+            )
+        groups = per_round // self.group_size
+        if not self.dp and groups < pipeline.minimum_clients():
+            raise ConfigError(
+                f"pipeline '{pipeline.description}' needs {pipeline.minimum_clients()} group "
+                f"means per round; {key} = {per_round} makes {groups} groups of "
+                f"group-size {self.group_size}"
             )
 
     def _check_dp(self, pipeline: Pipeline) -> None:

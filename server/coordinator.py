@@ -41,6 +41,7 @@ from ztfl.aggregation.privacy.sensitivity import (
     fixed_denominator_mean,
     pipeline_sensitivity,
 )
+from ztfl.aggregation.secagg import RosterSigner
 from ztfl.aggregation.steps import Clip, Mean
 from ztfl.client import protocol
 from ztfl.client.policy import RoundPrivacy
@@ -61,6 +62,7 @@ from .ledger import RunLedger
 from .quarantine import Decision, QuarantineHook, QuarantinePolicy, round_observations
 from .run_state import CoordinatorState
 from .sampling import NodeSampler
+from .secure_round import fixed_denominator_sum, secure_aggregator
 from .unpacking import collect_updates
 
 logger = logging.getLogger(__name__)
@@ -130,12 +132,17 @@ class Coordinator:
         observers: Sequence[RoundObserver] = (),
         noise_generator: np.random.Generator | None = None,
         quarantine_hooks: Sequence[QuarantineHook] = (),
+        roster_signer: RosterSigner | None = None,
     ) -> None:
         """``noise_generator``: tests only (a seeded ``secure_generator``); by default DP noise
         comes from a fresh ``secure_generator()``. ``quarantine_hooks`` respond to each
-        quarantine (revoke the node's certificate, unregister it)."""
+        quarantine (revoke the node's certificate, unregister it). ``roster_signer``: secure
+        mode's roster signer, by default the model-signing key of ``signing-key``."""
         self.config = config
         self.ledger = ledger
+        self._secure = (
+            secure_aggregator(config, ledger, roster_signer) if config.secure_aggregation else None
+        )
         self.pipeline: Pipeline = config.build_pipeline()
         self.spec = ModelSpec.from_arrays(initial_weights)
         self._central_evaluation = central_evaluation
@@ -467,6 +474,12 @@ class Coordinator:
             aggregate = self.pipeline(
                 clipped, None, generator=self._aggregation_generator, validated=True
             ).aggregate
+        return self._add_noise(aggregate)
+
+    def _add_noise(self, aggregate: torch.Tensor) -> torch.Tensor:
+        """aggregate + N(0, (z_Δ·Δ)²) from the secure generator."""
+        assert self._update_noise_multiplier is not None
+        assert self._sensitivity is not None
         std = self._update_noise_multiplier * self._sensitivity.l2
         noise = gaussian_noise(
             aggregate.shape,
@@ -482,21 +495,42 @@ class Coordinator:
         ledger = self.ledger
         sampled = self._sample(grid, server_round)
         ledger.round_started(server_round, sampled)
-        replies = list(
-            grid.send_and_receive(
-                self._train_messages(sampled, server_round), timeout=self.config.round_timeout_s
+        secure = None
+        if self._secure is not None:
+            secure = self._secure.run(
+                grid,
+                server_round=server_round,
+                broadcasts={
+                    int(message.metadata.dst_node_id): message
+                    for message in self._train_messages(sampled, server_round)
+                },
+                clip_norm=self.clip_norm if self.accountant else self.config.max_update_norm,
+                vector_length=self.spec.num_parameters,
+                extra_channel=self._adaptive_clip is not None,
+                timeout=self.config.round_timeout_s,
             )
-        )
+            replies = list(secure.setup_replies)
+        else:
+            replies = list(
+                grid.send_and_receive(
+                    self._train_messages(sampled, server_round),
+                    timeout=self.config.round_timeout_s,
+                )
+            )
         self._answered = frozenset(int(reply.metadata.src_node_id) for reply in replies)
         failures = self._read_client_verdicts(replies, sampled, server_round, "train")
-        collected = collect_updates(
-            replies,
-            expected_nodes=sampled,
-            spec=self.spec,
-            max_update_norm=self.config.max_update_norm,
-            weighting=self.config.weighting,
-            max_examples=self.config.max_examples,
-            private=self.accountant is not None,
+        collected = (
+            secure.collected()
+            if secure
+            else collect_updates(
+                replies,
+                expected_nodes=sampled,
+                spec=self.spec,
+                max_update_norm=self.config.max_update_norm,
+                weighting=self.config.weighting,
+                max_examples=self.config.max_examples,
+                private=self.accountant is not None,
+            )
         )
         for refusal in collected.refused:
             logger.warning(
@@ -525,7 +559,10 @@ class Coordinator:
         try:
             if collected.matrix.shape[0] == 0:
                 raise ToleranceError("no valid update (every sampled node refused or failed)")
-            if self.accountant is not None:
+            if secure is not None and self.accountant is not None:
+                mean = fixed_denominator_sum(secure, expected_clients=self._expected_clients())
+                aggregate, selected_rows = self._add_noise(mean), None
+            elif self.accountant is not None:
                 aggregate, selected_rows = self._private_aggregate(collected.matrix), None
             else:
                 result = self.pipeline(
@@ -571,18 +608,20 @@ class Coordinator:
             # The next round's C, from this round's noisy unclipped count (the noise drawn
             # from the same secure generator as the update's).
             self._adaptive_clip.advance(
-                UnclippedCount(sum(collected.unclipped_bits), len(collected.unclipped_bits)),
+                secure.unclipped_count()
+                if secure
+                else UnclippedCount(sum(collected.unclipped_bits), len(collected.unclipped_bits)),
                 self._noise_generator,
             )
         selected = (
             tuple(collected.node_ids[row] for row in selected_rows)
-            if selected_rows is not None and self.pipeline.preserves_rows
+            if selected_rows is not None and self.pipeline.preserves_rows and not secure
             else None
         )
         # In DP mode no per-client score is computed (docs/monitoring.md).
         scores = (
             None
-            if self.accountant is not None
+            if self.accountant is not None or secure is not None  # secure: rows are groups
             else anomaly_scores(
                 collected.matrix,
                 aggregate,

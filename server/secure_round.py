@@ -22,6 +22,8 @@ import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -55,8 +57,15 @@ from ztfl.aggregation.secagg.params import MIN_GROUP_SIZE
 from ztfl.client import protocol
 from ztfl.client import secagg_records as records
 from ztfl.trust.audit import AuditEvent, AuditEventKind, AuditLog
+from ztfl.trust.keys import read_signing_key
 from ztfl.trust.pki import CertificateRefused, FederationTrust, Role, verify_certificate
 from ztfl.trust.pki.verification import load_certificate_pem
+
+from .unpacking import CollectedUpdates
+
+if TYPE_CHECKING:
+    from .config import CoordinatorConfig
+    from .ledger import RunLedger
 
 DEFAULT_GROUP_SIZE = 5
 
@@ -172,12 +181,47 @@ class SecureRoundResult:
             return torch.empty((0, 0), dtype=dtype)
         return torch.stack(means).to(dtype)
 
+    def collected(self, dtype: torch.dtype = torch.float32) -> CollectedUpdates:
+        """The round as the coordinator's pipeline takes it: one row per accepted group mean,
+        the participants (survivors of accepted groups), no per-client weights or figures.
+        Refusals are already in the audit log under their secure-aggregation kinds."""
+        means = self.group_means(dtype)
+        return CollectedUpdates(means, self.participants, None, (), (), {})
+
     def unclipped_count(self) -> UnclippedCount:
         """The summed "not clipped" bits of the accepted groups, over their survivors."""
         groups = [g for g in self.accepted if g.unclipped_bits is not None]
         return UnclippedCount(
             sum(g.unclipped_bits or 0 for g in groups), sum(len(g.survivors) for g in groups)
         )
+
+
+def secure_aggregator(
+    config: CoordinatorConfig, ledger: RunLedger, roster_signer: RosterSigner | None = None
+) -> SecureAggregator:
+    """The run's aggregator: k, t and the federation trust from ``config``; rosters signed
+    with ``roster_signer`` or else the model-signing key ``signing-key`` names (the key the
+    clients pin); refusals in the ledger's audit log."""
+    if roster_signer is None:
+        if not config.signing_key:
+            raise SecureRoundError("secure-aggregation signs rosters with signing-key; none set")
+        roster_signer = read_signing_key(Path(config.signing_key)).sign
+    trust = None
+    if config.federation_ca:
+        try:
+            trust = FederationTrust.load(Path(config.federation_ca), Path(config.federation_crl))
+        except CertificateRefused as error:
+            raise SecureRoundError(f"federation-ca / federation-crl: {error}") from error
+    settings = SecureRoundSettings(
+        group_size=config.group_size, threshold=config.secagg_threshold or None, trust=trust
+    )
+    return SecureAggregator(
+        settings,
+        run_id=ledger.run_id,
+        sign_roster=roster_signer,
+        audit=ledger.audit,
+        seed=config.seed,
+    )
 
 
 def aggregate_group_means(
