@@ -135,13 +135,12 @@ class CoordinatorMetrics:
         self.round_seconds.observe(max(0.0, record.round_s))
         if record.committed:
             self.aggregation_seconds.observe(max(0.0, record.aggregation_s))
-        quarantined = getattr(record, "quarantined", ()) or ()
         counts = {
             "sampled": len(record.sampled_nodes),
             "answered": record.num_replies,
             "accepted": len(record.accepted_nodes),
             "refused": len(record.refused),
-            "quarantined": len(quarantined),
+            "quarantined": len(record.quarantined),
         }
         for state, count in counts.items():
             self.clients.labels(state=state).inc(count)

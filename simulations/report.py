@@ -423,13 +423,22 @@ def _reputation(run: RunEvidence) -> dict[str, tuple[list[int], list[float]]]:
     return dict(series)
 
 
+def _decision(event: Mapping[str, Any]) -> str:
+    details = event.get("details")
+    decision = details.get("decision") if isinstance(details, Mapping) else None
+    return str(decision or event.get("reason") or "")
+
+
 def _quarantined_nodes(run: RunEvidence) -> set[str]:
+    """Nodes a round record or a QUARANTINE event (decision ``quarantined``) names."""
     nodes: set[str] = set()
     for record in run.rounds:
         value = record.get("quarantined")
         if isinstance(value, list | tuple):
             nodes.update(str(item) for item in value)
     for event in run.events("quarantine"):
+        if _decision(event) != "quarantined":
+            continue  # deferred or released
         details = event.get("details")
         node = details.get("node") if isinstance(details, Mapping) else None
         for candidate in (event.get("node_id"), node):
@@ -481,7 +490,13 @@ def _plot_reputation(runs: Sequence[RunEvidence]) -> str | None:
 
 
 def _short(value: object, limit: int = 200) -> str:
-    text = str(value)
+    """A detail for a table cell: numbers to 3 significant digits, bounded length."""
+    if isinstance(value, list | tuple):
+        text = "[" + ", ".join(_short(item, limit) for item in value) + "]"
+    elif _number(value) is not None and not isinstance(value, int):
+        text = f"{value:.3g}"
+    else:
+        text = str(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -497,7 +512,8 @@ def _quarantine_section(runs: Sequence[RunEvidence]) -> str:
                 f"<td>{_text(run.label)}</td><td>{_text(event.get('seq'))}</td>"
                 f"<td>{_text(event.get('round') if event.get('round') is not None else '')}</td>"
                 f"<td><code>{_text(node if node is not None else '')}</code></td>"
-                f"<td>{_text(details.get('decision') or event.get('reason') or '')}</td>"
+                f"<td>{_text(_decision(event))}</td>"
+                f"<td>{_text(_short(details.get('reputation', '')))}</td>"
                 f"<td>{_text(_short(details.get('rounds', '')))}</td>"
                 f"<td>{_text(_short(details.get('scores', '')))}</td>"
                 "</tr>"
@@ -519,7 +535,7 @@ def _quarantine_section(runs: Sequence[RunEvidence]) -> str:
     else:
         body = (
             "<table><tr><th>run</th><th>audit seq</th><th>round</th><th>node</th>"
-            "<th>decision</th><th>evidence rounds</th><th>scores</th></tr>"
+            "<th>decision</th><th>reputation</th><th>evidence rounds</th><th>scores</th></tr>"
             + "".join(rows)
             + "</table>"
         )

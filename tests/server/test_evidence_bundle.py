@@ -32,7 +32,6 @@ from ztfl.server.evidence import (
 from ztfl.server.history import RefusedUpdate, RoundRecord, RunHistory
 from ztfl.server.ledger import MODELS_DIR, RunLedger
 from ztfl.server.run_state import CoordinatorState
-from ztfl.trust.audit import AuditEventKind
 from ztfl.trust.keys import generate_signing_key
 from ztfl.trust.signing import MANIFEST_FILE
 
@@ -92,15 +91,15 @@ def state_dir(tmp_path: Path) -> Path:
             central_metrics={"accuracy": 0.5, "loss": 1.0},
             model_digest=ledger.model_digest,
             privacy=privacy(server_round),
+            quarantined=(9,) if server_round == ROUNDS else (),
         )
         history.rounds.append(record)
         if server_round == ROUNDS:
-            ledger.audit.append(
-                AuditEventKind.QUARANTINE,
-                run_id=ledger.run_id,
-                round=server_round,
-                node_id=9,
-                details={"node": "9", "rounds": [1, 2], "scores": [3.1, 3.4], "decision": "q"},
+            ledger.quarantine_decided(
+                server_round,
+                9,
+                "quarantined",
+                {"node": "9", "decision": "quarantined", "rounds": [1, 2], "scores": [3.1, 3.4]},
             )
         ledger.commit_state(
             CoordinatorState(
@@ -232,9 +231,12 @@ def test_participants_per_round_name_the_refused_node_and_reason(
     bundle = export_evidence_bundle(state_dir, tmp_path / "bundle").path
     with (bundle / "runs/000/participants.csv").open() as handle:
         rows = list(csv.DictReader(handle))
-    assert [(row["sampled"], row["accepted"], row["refused"]) for row in rows] == [
-        ("1 2 9", "1 2", "9:norm_above_cap")
-    ] * ROUNDS
+    assert [
+        (row["sampled"], row["accepted"], row["refused"], row["quarantined"]) for row in rows
+    ] == [
+        ("1 2 9", "1 2", "9:norm_above_cap", ""),
+        ("1 2 9", "1 2", "9:norm_above_cap", "9"),
+    ]
 
 
 def test_quarantine_events_are_exported_as_incidents(state_dir: Path, tmp_path: Path) -> None:

@@ -38,7 +38,11 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
 def record(
-    server_round: int, *, committed: bool = True, epsilon: float | None = None
+    server_round: int,
+    *,
+    committed: bool = True,
+    epsilon: float | None = None,
+    quarantined: tuple[int, ...] = (),
 ) -> RoundRecord:
     return RoundRecord(
         server_round=server_round,
@@ -54,6 +58,8 @@ def record(
             VerificationFailure(NODES[3], ModelRefusalReason.BAD_SIGNATURE, "", "train"),
         ),
         privacy=None if epsilon is None else {"epsilon": epsilon, "delta": 1e-5},
+        reputation={str(node): 0.9 for node in NODES},
+        quarantined=quarantined,
     )
 
 
@@ -63,7 +69,7 @@ def metrics() -> CoordinatorMetrics:
     metrics = CoordinatorMetrics()
     metrics.on_run_start(5, {"accuracy": 0.1})
     metrics.on_round_end(record(1, epsilon=0.5))
-    metrics.on_round_end(record(2, epsilon=0.9))
+    metrics.on_round_end(record(2, epsilon=0.9, quarantined=(NODES[2],)))
     metrics.on_round_end(record(3, committed=False))
     return metrics
 
@@ -116,6 +122,12 @@ def test_scrape_counts_clients_sampled_answered_refused(server: MetricsServer) -
     assert parsed[("ztfl_clients_total", (("state", "refused"),))] == 3
     assert parsed[("ztfl_round_clients", (("state", "accepted"),))] == 2
     assert parsed[("ztfl_round_clients", (("state", "quarantined"),))] == 0
+
+
+def test_quarantined_clients_are_counted_without_naming_them(server: MetricsServer) -> None:
+    text = scrape(server.url)
+    assert samples(text)[("ztfl_clients_total", (("state", "quarantined"),))] == 1
+    assert str(NODES[2]) not in text
 
 
 def test_refusals_are_counted_by_reason(server: MetricsServer) -> None:

@@ -41,7 +41,6 @@ from ztfl.server.history import RefusedUpdate, RoundRecord, RunHistory
 from ztfl.server.ledger import MODELS_DIR, RunLedger
 from ztfl.server.run_state import CoordinatorState
 from ztfl.simulations.report import REPORT_FILE, write_report
-from ztfl.trust.audit import AuditEventKind
 from ztfl.trust.keys import generate_signing_key
 from ztfl.trust.signing import MANIFEST_FILE
 
@@ -103,21 +102,33 @@ def write_state_dir(
             central_metrics={"accuracy": 0.1 + 0.2 * server_round, "loss": 2.0 / server_round},
             model_digest=ledger.model_digest,
             privacy=privacy,
+            anomaly_scores={"1": 0.1, "2": 0.2, "9": 3.0} if monitored else None,
+            reputation=(
+                {"1": 1.0, "2": 0.95, "9": 1.0 - 0.3 * server_round} if monitored else None
+            ),
+            quarantined=(9,) if monitored and server_round == ROUNDS else (),
         ).to_json()
         record["refused"][0]["reason"] = refusal_reason
-        if monitored:
-            record["anomaly_scores"] = {"1": 0.1, "2": 0.2, "9": 3.0}
-            record["reputation"] = {"1": 1.0, "2": 0.95, "9": 1.0 - 0.3 * server_round}
-            record["quarantined"] = [9] if server_round == ROUNDS else []
         rounds.append(record)
         if monitored and server_round == ROUNDS:
-            ledger.audit.append(
-                AuditEventKind.QUARANTINE,
-                run_id=ledger.run_id,
-                round=server_round,
-                node_id=9,
-                details={"node": "9", "rounds": [2, 3], "scores": [2.9, 3.0], "decision": HOSTILE},
-            )
+            # What the coordinator's incidents record; the third one's details were edited.
+            for node, reason, stated in (
+                (9, "quarantined", "quarantined"),
+                (2, "deferred", "deferred"),
+                (1, "released", HOSTILE),
+            ):
+                ledger.quarantine_decided(
+                    server_round,
+                    node,
+                    reason,
+                    {
+                        "node": str(node),
+                        "decision": stated,
+                        "reputation": 0.3,
+                        "rounds": [2, 3],
+                        "scores": [2.9, 3.0],
+                    },
+                )
         ledger.commit_state(
             CoordinatorState(
                 run_id=ledger.run_id,
@@ -280,9 +291,11 @@ def test_report_shows_reputation_and_quarantine_events_when_recorded(tmp_path: P
     assert '<img src="data:image/png;base64,' in section_text(path, "reputation")
     quarantine = section_text(path, "quarantine")
     assert "no quarantine events" not in quarantine
-    assert "<code>9</code>" in quarantine
-    assert "[2.9, 3.0]" in quarantine
+    assert "<td><code>9</code></td><td>quarantined</td>" in quarantine
+    assert "<td><code>2</code></td><td>deferred</td>" in quarantine
+    assert "<td>0.3</td><td>[2, 3]</td><td>[2.9, 3]</td>" in quarantine
     assert "&lt;script&gt;" in quarantine
+    assert "<script>" not in quarantine
 
 
 def test_report_says_the_robust_rule_not_detection_defends_against_alie(run_dir: Path) -> None:
@@ -474,12 +487,12 @@ def test_report_loads_in_headless_chromium_with_every_plot_drawn(
 
 
 @pytest.mark.slow
-def test_simulate_writes_a_verified_report_by_default(tmp_path: Path) -> None:
-    scenario = tmp_path / "tiny.toml"
+def test_simulate_writes_a_verified_report_with_its_quarantine_events(tmp_path: Path) -> None:
+    scenario = tmp_path / "flip.toml"
     scenario.write_text(
-        '[scenario]\nname = "tiny"\nnum-clients = 4\nnum-byzantine = 1\nrounds = 2\n'
-        'attack = "alie"\nlocal-epochs = 1\nclean-reference = false\nseeds = [0]\n'
-        '[[defence]]\nlabel = "median"\npipeline = "median"\nnum-byzantine = 1\n'
+        '[scenario]\nname = "flip"\nnum-clients = 10\nnum-byzantine = 2\nrounds = 6\n'
+        'attack = "sign_flip(scale=5)"\nlocal-epochs = 1\nclean-reference = false\n'
+        'seeds = [0]\n[[defence]]\nlabel = "median"\npipeline = "median"\nnum-byzantine = 2\n'
     )
     env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "RAY_USAGE_STATS_ENABLED": "0"}
     completed = subprocess.run(
@@ -491,6 +504,7 @@ def test_simulate_writes_a_verified_report_by_default(tmp_path: Path) -> None:
     )
     assert completed.returncode == 0, completed.stdout.decode() + completed.stderr.decode()
     (run_dir,) = (path for path in tmp_path.iterdir() if path.is_dir())
-    html = (run_dir / REPORT_FILE).read_text(encoding="utf-8")
-    assert "Verification PASSED" in html
-    assert "the robust aggregation rule is" in html
+    path = run_dir / REPORT_FILE
+    assert "Verification PASSED" in section_text(path, "verification")
+    assert '<img src="data:image/png;base64,' in section_text(path, "reputation")
+    assert "<td>quarantined</td>" in section_text(path, "quarantine")
