@@ -487,7 +487,36 @@ class EvidenceBundle:
 @dataclass
 class _BundleWriter:
     root: Path
+    source: Path
+    """The run folder: only regular files inside it are copied."""
     artefacts: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+    def copy(
+        self,
+        relative: str,
+        path: Path,
+        controls: Sequence[Control],
+        description: str,
+        run: str | None = None,
+    ) -> None:
+        """Add a file of the run folder, unless it is a link or leads outside the folder.
+
+        A run folder is untrusted: a symbolic link named like an artefact would otherwise
+        copy any file the exporting user can read into the bundle.
+        """
+        problem = _unsafe_source(path, self.source)
+        if problem:
+            self.skipped.append({"path": str(path), "problem": problem})
+            return
+        try:
+            descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError as error:
+            self.skipped.append({"path": str(path), "problem": f"unreadable: {error.strerror}"})
+            return
+        with os.fdopen(descriptor, "rb") as handle:
+            data = handle.read()
+        self.add(relative, data, controls, description, run)
 
     def add(
         self,
@@ -532,7 +561,7 @@ def export_evidence_bundle(
     staging = out.with_name(f".{out.name}.{secrets.token_hex(6)}.tmp")
     staging.mkdir(parents=True)
     try:
-        writer = _BundleWriter(staging)
+        writer = _BundleWriter(staging, evidence.root)
         _write_folder_artefacts(writer, evidence)
         for index, run in enumerate(evidence.runs):
             _write_run_artefacts(writer, run, f"runs/{index:03d}")
@@ -556,9 +585,9 @@ def _json_bytes(value: Any) -> bytes:
 def _write_folder_artefacts(writer: _BundleWriter, evidence: RunFolderEvidence) -> None:
     plan = evidence.root.joinpath(*SIMULATION_PLAN_FILE)
     if evidence.kind == "simulation" and plan.is_file():
-        writer.add(
+        writer.copy(
             "configuration/plan.json",
-            plan.read_bytes(),
+            plan,
             [Control.PRIVACY, Control.ACCESS_CONTROL],
             "the simulation plan: scenario, defences, attacks, seeds",
         )
@@ -575,17 +604,15 @@ def _write_run_artefacts(writer: _BundleWriter, run: RunEvidence, prefix: str) -
     ):
         source = run.path / name
         if source.is_file():
-            writer.add(
-                f"{prefix}/keys/{name}", source.read_bytes(), [integrity], description, label
-            )
+            writer.copy(f"{prefix}/keys/{name}", source, [integrity], description, label)
     store = ModelStore(run.path / MODELS_DIR)
     for check in run.signatures.manifests:
         folder = store.root / check.digest
         for name in (MANIFEST_FILE, SIGNATURE_FILE):
             if (folder / name).is_file():
-                writer.add(
+                writer.copy(
                     f"{prefix}/manifests/{check.digest}/{name}",
-                    (folder / name).read_bytes(),
+                    folder / name,
                     [integrity, access, privacy],
                     f"signed manifest of round {check.round}"
                     + (" (DID NOT VERIFY)" if not check.ok else ""),
@@ -602,9 +629,9 @@ def _write_run_artefacts(writer: _BundleWriter, run: RunEvidence, prefix: str) -
     for suffix in ("", "-wal"):
         source = audit_path.with_name(audit_path.name + suffix)
         if source.is_file() and source.stat().st_size > 0:
-            writer.add(
+            writer.copy(
                 f"{prefix}/audit/{source.name}",
-                source.read_bytes(),
+                source,
                 [integrity, access, incident],
                 "the hash-chained audit log as stored (verify with `ztfl audit verify`)",
                 label,
@@ -806,6 +833,7 @@ def _write_index(writer: _BundleWriter, evidence: RunFolderEvidence) -> None:
         "kind": evidence.kind,
         "runs": runs,
         "notes": list(evidence.notes),
+        "skipped": writer.skipped,
         "controls": {control.value: _CONTROL_TEXT[control] for control in Control},
         "artefacts": writer.artefacts,
     }
@@ -866,6 +894,12 @@ def _index_markdown(index: Mapping[str, Any]) -> str:
             f"({signatures['passed']}/{signatures['failed']}) | {audit['status']} "
             f"({audit['records_verified']} records{failure}) |"
         )
+    if index["skipped"]:
+        lines += ["", "## Not copied", ""]
+        lines += [
+            f"- `{_markdown_cell(item['path'])}`: {_markdown_cell(item['problem'])}"
+            for item in index["skipped"]
+        ]
     lines += ["", "## Controls", ""]
     for control, text in index["controls"].items():
         lines.append(f"- **{control}**: {text}")
@@ -876,6 +910,17 @@ def _index_markdown(index: Mapping[str, Any]) -> str:
             f"{_markdown_cell(item['description'])} | `{item['sha256']}` |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _unsafe_source(path: Path, root: Path) -> str:
+    """Why ``path`` must not be copied (a link, or outside ``root``); empty when it may."""
+    if path.is_symlink():
+        return "a symbolic link: not copied"
+    try:
+        inside = path.resolve(strict=True).is_relative_to(root.resolve(strict=True))
+    except OSError as error:
+        return f"unreadable: {error}"
+    return "" if inside else "leads outside the run folder: not copied"
 
 
 def _zip_folder(folder: Path, out: Path) -> None:

@@ -260,6 +260,22 @@ def test_the_private_signing_key_of_a_simulation_is_never_copied(
             assert b"PRIVATE KEY" not in path.read_bytes(), path
 
 
+def test_a_link_to_a_file_outside_the_run_folder_is_not_copied(
+    state_dir: Path, tmp_path: Path
+) -> None:
+    secret = tmp_path / "elsewhere.txt"
+    secret.write_text("readable by the exporting user, not part of the run")
+    (state_dir / "revocation-list.json").symlink_to(secret)
+    bundle = export_evidence_bundle(state_dir, tmp_path / "bundle").path
+    for path in bundle.rglob("*"):
+        if path.is_file():
+            assert b"not part of the run" not in path.read_bytes(), path
+    skipped = read_index(bundle)["skipped"]
+    assert isinstance(skipped, list)
+    assert [Path(item["path"]).name for item in skipped] == ["revocation-list.json"]
+    assert "symbolic link" in skipped[0]["problem"]
+
+
 def test_a_zip_bundle_holds_the_index_and_every_artefact(state_dir: Path, tmp_path: Path) -> None:
     bundle = export_evidence_bundle(state_dir, tmp_path / "evidence.zip").path
     with zipfile.ZipFile(bundle) as archive:
