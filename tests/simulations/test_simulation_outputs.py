@@ -152,12 +152,13 @@ def test_write_outputs_writes_one_csv_row_per_round_after_the_header(
         table = list(csv.reader(handle))
     assert table[0] == [
         "defence", "pipeline", "attack", "seed", "round", "accuracy", "loss",
-        "accepted", "refused", "committed", "aggregation_s", "round_s",
+        "accepted", "refused", "committed", "aggregation_s", "round_s", "epsilon",
     ]  # fmt: skip
-    # Per run: the initial model (round 0) and two rounds.
+    # Per run: the initial model (round 0) and two rounds; no DP, so no ε.
     assert len(table) == 1 + len(results) * 3
     assert table[1][:6] == ["mean", "mean", "none", "0", "0", "0.1"]
     assert table[5][4:10] == ["1", "0.4", "0.6", "3", "1", "True"]
+    assert {row[12] for row in table[1:]} == {""}
 
 
 def test_write_outputs_writes_metrics_json_with_every_run_and_the_summary(
