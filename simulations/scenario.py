@@ -117,6 +117,10 @@ class Scenario:
             learning_rate=self.learning_rate,
             batch_size=self.batch_size,
             federated_evaluation=False,
+            # Simulations compare aggregation rules: quarantine would take attackers out and
+            # change what is compared, so a defence opts in with ``("quarantine", True)``.
+            # Scores and reputations are recorded either way (docs/monitoring.md).
+            quarantine=False,
         )
         if not defence.settings:
             return base

@@ -41,7 +41,8 @@ SCENARIO = Scenario(
     batch_size=16,
     clean_reference=False,
 )
-DEFAULT = Defence("ztfl default", "nnm -> trimmed_mean", 4)
+# Simulated defences leave quarantine off unless they ask for it (Scenario.coordinator_settings).
+DEFAULT = Defence("ztfl default", "nnm -> trimmed_mean", 4, settings=(("quarantine", True),))
 
 
 @dataclass(frozen=True)
