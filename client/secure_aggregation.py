@@ -189,8 +189,21 @@ def register_secure_aggregation(
             load_lineage_dir=load_lineage_dir,
         )
 
+    register_later_stages(client_app, load_identity=load_identity)
+
+
+def register_later_stages(
+    client_app: ClientApp,
+    *,
+    load_identity: IdentityLoader = node_config_identity,
+    wrap: Callable[[Message, Context], Message] | None = None,
+) -> None:
+    """Add stages 1 to 3 (no model, no data) to ``client_app``; ``wrap(reply, context)``
+    post-processes each reply (the simulation tags which partition answered)."""
+
     def stage(message: Message, context: Context) -> Message:
-        return handle_secure_stage(message, context, load_identity=load_identity)
+        reply = handle_secure_stage(message, context, load_identity=load_identity)
+        return reply if wrap is None else wrap(reply, context)
 
     for action in (
         protocol.SECAGG_SHARE_KEYS_ACTION,

@@ -6,7 +6,9 @@ and role (the simulation's stand-in for "this machine belongs to the
 attacker"); incoming training replies of Byzantine clients are replaced by
 what the attack forges from their honest updates — and, for omniscient
 attacks, from the honest updates of the same round. The coordinator sees an
-ordinary Grid and cannot tell.
+ordinary Grid and cannot tell. In a secure round nothing in the path sees an
+update (only masked ring words travel), so the adversary's clients run the
+attack on their own input instead, before masking (``simulations.client_app``).
 """
 
 from __future__ import annotations
@@ -36,8 +38,13 @@ class DataShare:
     alpha: float | None
     seed: int
 
-    def to_record(self, byzantine_partitions: Sequence[int], data_attack: str) -> ConfigRecord:
-        """The record a simulated client reads to load its share and learn its role."""
+    def to_record(
+        self, byzantine_partitions: Sequence[int], data_attack: str, update_attack: str = ""
+    ) -> ConfigRecord:
+        """The record a simulated client reads to load its share and learn its role.
+
+        ``update-attack`` names the attack a Byzantine client runs on its own input in a
+        secure round, where no one in the path can see (or forge) an update."""
         return ConfigRecord(
             {
                 "num-partitions": self.num_partitions,
@@ -45,6 +52,7 @@ class DataShare:
                 "data-seed": self.seed,
                 "byzantine-partitions": [int(p) for p in byzantine_partitions] or [-1],
                 "attack": data_attack,
+                "update-attack": update_attack,
             }
         )
 
@@ -109,8 +117,9 @@ class AdversarialGrid(ForwardingGrid):
     # ----------------------------------------------------------- adversary
     def _mark(self, message: Message) -> Message:
         data_attack = self._attack.description if self._attack.data_attack else ""
+        update_attack = self._attack.description if self._attack.update_attack else ""
         message.content[SIMULATION_KEY] = self._share.to_record(
-            self.byzantine_partitions, data_attack
+            self.byzantine_partitions, data_attack, update_attack
         )
         return message
 

@@ -14,13 +14,17 @@ clients remember what they accepted before the coordinator stopped.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
+import numpy.typing as npt
 import torch
 from flwr.app import ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 
+from ztfl.aggregation.secagg import GroupParams
 from ztfl.client import protocol
 from ztfl.client.app import (
     ClientRefusal,
@@ -33,7 +37,13 @@ from ztfl.client.app import (
     run_verified,
 )
 from ztfl.client.data import ClientData
+from ztfl.client.secure_aggregation import (
+    MemberIdentity,
+    handle_secure_setup,
+    register_later_stages,
+)
 from ztfl.client.trust_anchor import read_trust_anchor
+from ztfl.trust.pki.provisioning import FederationPaths
 from ztfl.trust.verification import TrustAnchor
 
 from .adversary import SIMULATION_KEY
@@ -42,7 +52,9 @@ from .datasets import PartitionError, load_digits_partition
 
 
 def build_simulation_client_app(
-    trust_anchor: Path | None = None, lineage_root: Path | None = None
+    trust_anchor: Path | None = None,
+    lineage_root: Path | None = None,
+    federation: FederationPaths | None = None,
 ) -> ClientApp:
     """A ClientApp for Flower's simulation engine, pinning the anchor in ``trust_anchor``.
 
@@ -50,7 +62,9 @@ def build_simulation_client_app(
     simulation session moves on to the next run (a new ztfl run id). With
     ``lineage_root`` each simulated node keeps its lineage files in
     ``<lineage_root>/partition-<id>`` (simulated node ids change from one
-    session to the next; partition ids do not).
+    session to the next; partition ids do not). With ``federation`` (the session's
+    simulation CA, see ``runner.simulation_federation``) the nodes also take part in secure
+    rounds, each with the identity enrolled for its partition.
     """
     client_app = ClientApp()
 
@@ -84,6 +98,9 @@ def build_simulation_client_app(
             context,
         )
 
+    if federation is not None:
+        _register_secure_stages(client_app, federation, load_anchor, load_lineage_dir)
+
     @client_app.evaluate()
     def evaluate(message: Message, context: Context) -> Message:
         def handle(weights: Weights) -> Message:
@@ -97,6 +114,82 @@ def build_simulation_client_app(
         )
 
     return client_app
+
+
+def _register_secure_stages(
+    client_app: ClientApp,
+    federation: FederationPaths,
+    load_anchor: Callable[[Context], TrustAnchor],
+    load_lineage_dir: Callable[[Context], Path | None],
+) -> None:
+    """The secure stages, with the partition's identity and data and, for a Byzantine
+    partition, the attack run on its own input before masking."""
+
+    def load_identity(context: Context) -> MemberIdentity:
+        layout = federation.clients[partition_member(_partition_id(context))]
+        return MemberIdentity.load(layout.root, federation.crl)
+
+    @client_app.train(protocol.SECAGG_SETUP_ACTION)
+    def setup(message: Message, context: Context) -> Message:
+        torch.set_num_threads(1)
+
+        def handle(weights: Weights) -> Message:
+            _reseed(message, context)
+            return handle_secure_setup(
+                message,
+                context,
+                weights=weights,
+                load_data=lambda ctx: _simulated_data(message, ctx),
+                load_anchor=load_anchor,
+                load_identity=load_identity,
+                prepare_update=attack_own_input,
+            )
+
+        return _tag(
+            run_verified(message, context, load_anchor, handle, load_lineage_dir=load_lineage_dir),
+            context,
+        )
+
+    register_later_stages(client_app, load_identity=load_identity, wrap=_tag)
+
+
+def partition_member(partition: int) -> str:
+    """The name a partition's node is enrolled under in the simulation CA."""
+    return f"partition-{partition}"
+
+
+def attack_own_input(
+    update: npt.NDArray[np.float32], params: GroupParams, message: Message, context: Context
+) -> npt.NDArray[np.float32]:
+    """A Byzantine partition's forged input in a secure round.
+
+    The adversary sees no one else's update here, so the attack gets the attacker's own
+    honest update as its only evidence (``honest`` is that update too, for attacks that
+    estimate the honest mean), and its result goes through the attacker's client like any
+    update: clipped to the group's C, quantized, masked. An attacker running its own code
+    could skip the clipping; the coordinator's group-mean check then bounds its group's
+    mean by C (tests/server/test_secure_round.py), which this simulation does not exploit.
+    """
+    record = message.content.config_records.get(SIMULATION_KEY)
+    if record is None:
+        return update
+    description = str(record.get("update-attack", ""))
+    byzantine = _partition_id(context) in record["byzantine-partitions"]  # type: ignore[operator]
+    if not description or not byzantine:
+        return update
+    attack = resolve_attack(description).update_attack
+    if attack is None:
+        return update
+    config = message.content.config_records.get(protocol.CONFIG_KEY)
+    round_number = 0 if config is None else config.get(protocol.ROUND, 0)
+    digest = hashlib.sha256(
+        f"attack/{record['data-seed']!r}/{_partition_id(context)}/{round_number!r}".encode()
+    ).digest()
+    generator = torch.Generator().manual_seed(int.from_bytes(digest[:8], "big") >> 1)
+    own = torch.from_numpy(np.array(update, dtype=np.float32))[None]
+    honest = own if attack.needs_honest_updates else own[:0]
+    forged = attack.forge(own, honest, generator)[0]
+    return forged.detach().to(torch.float32).numpy()
 
 
 def _partition_id(context: Context) -> int:

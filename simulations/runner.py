@@ -43,6 +43,8 @@ from ztfl.trust.keys import (
     write_signing_key,
     write_verifying_key,
 )
+from ztfl.trust.pki import AuthorityLayout, ClientLayout
+from ztfl.trust.pki.provisioning import FederationPaths, provision_federation
 
 from .adversary import AdversarialGrid, DataShare
 from .attacks import resolve_attack
@@ -96,6 +98,7 @@ SIGNING_KEY_FILE = "signing-key.pem"
 CURRENT_ANCHOR_FILE = "trust-anchor.toml"
 RUNS_DIR = "runs"
 LINEAGE_DIR = "lineage"
+FEDERATION_DIR = "federation"
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,12 @@ class SessionFiles:
         """The simulated clients' lineage folders, one per partition (``lineage-dir``)."""
         return self.root / LINEAGE_DIR
 
+    @property
+    def federation(self) -> Path:
+        """The simulation's federation CA and one enrolled identity per partition (secure
+        mode only): a real CA, kept in the session folder as no deployment would."""
+        return self.root / FEDERATION_DIR
+
     def run_state(self, index: int) -> Path:
         """The state folder of the plan's ``index``-th run."""
         return self.root / RUNS_DIR / f"{index:03d}"
@@ -132,6 +141,28 @@ class SessionFiles:
         write_signing_key(key, self.signing_key)
         write_verifying_key(key.public_key(), self.root / "signing-key.pub.pem")
         return key
+
+
+def simulation_federation(root: Path, num_clients: int, *, resume: bool) -> FederationPaths:
+    """The session's simulation CA with one client identity per partition (``partition-<i>``).
+
+    A simulation has no PKI of its own, so the session provisions one (the production steps:
+    CA, enrolment, issuance, installation); members and coordinator then verify identities
+    exactly as in a deployment. With ``resume`` the existing federation is reused.
+    """
+    from .client_app import partition_member
+
+    names = [partition_member(partition) for partition in range(num_clients)]
+    if resume and root.exists():
+        return FederationPaths(
+            root,
+            "simulation",
+            AuthorityLayout(root / "ca"),
+            {name: ClientLayout(root / "clients" / name) for name in names},
+            {},
+            ClientLayout(root / "gateway"),
+        )
+    return provision_federation(root, "simulation", clients=names)
 
 
 def coordinator_config(scenario: Scenario, spec: RunSpec) -> CoordinatorConfig:
@@ -168,6 +199,11 @@ def run_plan(
     quiet_simulation_environment()
     files = SessionFiles(state_root)
     key = files.provision(resume=resume)
+    federation = (
+        simulation_federation(files.federation, scenario.num_clients, resume=resume)
+        if any(spec.defence.secure for spec in plan)
+        else None
+    )
     results: list[RunResult] = []
     score = holdout_evaluation(scenario.model)
     server_app = ServerApp()
@@ -203,6 +239,12 @@ def run_plan(
                 state_dir=str(state_dir),
                 signing_key=str(files.signing_key),
             )
+            if spec.defence.secure and federation is not None:
+                config = replace(
+                    config,
+                    federation_ca=str(federation.ca_certificate),
+                    federation_crl=str(federation.crl),
+                )
             initial = model_weights(build_model(scenario.model, seed=spec.seed))
             resuming = resume and (state_dir / STATE_FILE).exists()
             if resume and not resuming and state_dir.exists():
@@ -254,7 +296,9 @@ def run_plan(
     run_simulation(
         server_app=server_app,
         client_app=build_simulation_client_app(
-            files.trust_anchor.resolve(), lineage_root=files.lineage.resolve()
+            files.trust_anchor.resolve(),
+            lineage_root=files.lineage.resolve(),
+            federation=federation,
         ),
         num_supernodes=scenario.num_clients,
         backend_config={

@@ -33,7 +33,9 @@ Setting = bool | int | float | str
 class Defence:
     """One aggregation pipeline, the number of Byzantine clients it is built to tolerate, and
     optionally differential privacy (``dp-*`` coordinator settings, e.g. ``dp = true``,
-    ``dp-target-epsilon = 4.0``; docs/configuration.md)."""
+    ``dp-target-epsilon = 4.0``; docs/configuration.md) and secure mode
+    (``secure-aggregation = true``, ``group-size = 3``: the pipeline then runs over group
+    means, and ``num-byzantine`` counts corrupted groups)."""
 
     label: str
     pipeline: str
@@ -44,6 +46,11 @@ class Defence:
     def private(self) -> bool:
         """Whether this defence runs with differential privacy."""
         return dict(self.settings).get("dp") is True
+
+    @property
+    def secure(self) -> bool:
+        """Whether this defence runs in secure mode (grouped SecAgg+, ``secure-aggregation``)."""
+        return dict(self.settings).get("secure-aggregation") is True
 
 
 @dataclass(frozen=True)
@@ -242,6 +249,9 @@ SCENARIO_KEYS: Mapping[str, tuple[str, type]] = {
 DEFENCE_KEYS = frozenset({"label", "pipeline", "num-byzantine"})
 DEFENCE_SETTING_PREFIX = "dp"
 """Further defence keys: the coordinator's differential-privacy settings (``dp``, ``dp-*``)."""
+SECURE_DEFENCE_KEYS = frozenset({"secure-aggregation", "group-size", "secagg-threshold"})
+"""Secure mode per defence: ``secure-aggregation = true``, ``group-size`` (k) and
+``secagg-threshold`` (t), as the coordinator names them."""
 MATRIX_KEYS = frozenset({"seeds", "attacks", "defence"})
 TOP_LEVEL_KEYS = frozenset({"scenario", "defence", "matrix"})
 
@@ -319,7 +329,9 @@ def _defences(tables: Any, default_byzantine: int) -> tuple[Defence, ...]:
         settings = tuple(
             (key, _setting(key, value))
             for key, value in table.items()
-            if key == DEFENCE_SETTING_PREFIX or key.startswith(f"{DEFENCE_SETTING_PREFIX}-")
+            if key == DEFENCE_SETTING_PREFIX
+            or key.startswith(f"{DEFENCE_SETTING_PREFIX}-")
+            or key in SECURE_DEFENCE_KEYS
         )
         _refuse_unknown(table, DEFENCE_KEYS | {key for key, _ in settings}, "defence key")
         pipeline = _typed("pipeline", table["pipeline"], str)
