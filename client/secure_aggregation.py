@@ -2,12 +2,13 @@
 
 Stage 0 (``train.secagg_setup``) is a training broadcast plus the group's signed setup: the
 node verifies the model as in every round, checks the round's privacy settings and the
-group's k and t against its own floors, trains, clips the update to the group's C, quantizes
-it and answers with fresh round keys signed by its identity key (the key of its federation
+group's k and t against its own floors, trains, clips the update to the group's C and
+answers with fresh round keys signed by its identity key (the key of its federation
 certificate, which travels along). Stages 1 to 3 carry the protocol on
 (``ztfl.aggregation.secagg.SecAggClient``): a ClientApp gets a fresh object for every
 message, so the member's round state lives in ``Context.state`` between stages — the node's
-memory, never a log or a file — and is erased when the round ends or is refused.
+memory, never a log or a file — and is erased when the round ends or is refused. The
+clipped update waits there as an array and is quantized and masked in one pass at stage 2.
 
 Peers' keys are checked against certificates each member verifies itself with the federation
 CA (``ztfl.trust.pki.verify_certificate``, role ``client``, one identity per member), so the
@@ -31,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 from cryptography.hazmat.primitives.asymmetric import ec
-from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from ztfl.aggregation.secagg import (
@@ -83,6 +84,8 @@ FEDERATION_CRL = "federation-crl"
 STATE_KEY = "ztfl.secagg.state"
 """``Context.state`` ConfigRecord: the member's round (round, group, protocol state, roster
 keys). It holds the round's secrets: it never leaves the node's memory."""
+INPUT_KEY = "ztfl.secagg.input"
+"""``Context.state`` ArrayRecord: the member's clipped update until the masked-input stage."""
 
 
 @dataclass(frozen=True)
@@ -223,39 +226,81 @@ def handle_secure_setup(
     load_identity: IdentityLoader,
     prepare_update: UpdateHook | None = None,
 ) -> Message:
-    """Stage 0 on a verified broadcast: check the floors, train, clip, quantize, advertise keys.
+    """Stage 0 on a verified broadcast: check the floors, train, clip, advertise keys.
 
     Raises ClientRefusal for what a plaintext round refuses too (privacy floor, no data,
     bad configuration); a SecAgg+ refusal becomes a ``SecAggErrorCode`` error reply.
     """
-    _erase(context)
-    secagg_policy = node_secagg_policy(context)
     privacy_policy = node_privacy_policy(context)
+    anchor = load_anchor(context)
+
+    def train(params: GroupParams) -> MemberInput:
+        trained = handle_train(message, load_data(context), weights=weights, policy=privacy_policy)
+        return _member_input(message, trained, params, context, prepare_update)
+
     try:
-        setup = records.read_setup(records.secagg_record(message.content))
-        params = setup.params
-        anchor = load_anchor(context)
-        _check_round(message, params, anchor)
+        setup_record = records.secagg_record(message.content)
         keys = _roster_keys(message, anchor)
-        identity = load_identity(context)
+    except SecAggRefusal as refusal:
+        _erase(context)
+        return secagg_refusal_reply(message, refusal)
+    return join_group(
+        message,
+        context,
+        setup_record,
+        member_input=train,
+        identity=lambda: load_identity(context),
+        roster_keys=keys,
+        expected_run=(anchor.run_id, _declared_round(message)),
+    )
+
+
+MemberInput = tuple[npt.NDArray[np.float32], bool] | RingInput
+"""A clipped update and its "was within C" bit, or an input the member quantized itself."""
+
+
+def join_group(
+    message: Message,
+    context: Context,
+    setup_record: ConfigRecord,
+    *,
+    member_input: Callable[[GroupParams], MemberInput],
+    identity: Callable[[], MemberIdentity],
+    roster_keys: tuple[VerifyingKey, ...],
+    expected_run: tuple[str, object] | None = None,
+) -> Message:
+    """Stage 0's protocol part: accept the signed setup (floors, roster, membership),
+    compute the input (``member_input``, after the setup is accepted so a refused group costs
+    no training), keep it and the round in ``Context.state``, reply with signed round keys.
+
+    ``expected_run``: (ztfl run id, round) the setup must name (those of the verified
+    broadcast). SecAgg+ refusals and a missing identity become error replies; a
+    ClientRefusal from ``member_input`` propagates (the caller answers it).
+    """
+    _erase(context)
+    policy = node_secagg_policy(context)
+    try:
+        setup = records.read_setup(setup_record)
+        params = setup.params
+        if expected_run is not None and (params.run_id, params.round) != expected_run:
+            raise SecAggRefusal(
+                SecAggRefusalReason.OUT_OF_ORDER,
+                f"the group is for run {params.run_id!r} round {params.round}, the broadcast "
+                f"for run {expected_run[0]!r} round {expected_run[1]!r}",
+            )
+        member = identity()
         client = SecAggClient(
             _member_id(context),
-            identity_key=identity.key,
+            identity_key=member.key,
             verify_identity=_nobody,
-            verify_roster=_roster_verifier(keys),
-            policy=_client_policy(secagg_policy),
+            verify_roster=_roster_verifier(roster_keys),
+            policy=_client_policy(policy),
         )
         advertisement = client.handle(setup)
         assert isinstance(advertisement, KeyAdvertisement)
-        trained = handle_train(message, load_data(context), weights=weights, policy=privacy_policy)
-        member_input = _member_input(message, trained, params, context, prepare_update)
-        if isinstance(member_input, RingInput):
-            client.set_quantized_input(member_input.words)
-        else:
-            vector, unclipped = member_input
-            extras = [int(unclipped)] if params.quantization.num_extra_channels == 1 else []
-            client.set_input(vector, extras=extras)
-        _store(context, params, client, [key.to_pem() for key in keys])
+        prepared = member_input(params)
+        _check_input_length(prepared, params)
+        _store(context, params, client, roster_keys, prepared)
     except SecAggRefusal as refusal:
         _erase(context)
         return secagg_refusal_reply(message, refusal)
@@ -265,7 +310,7 @@ def handle_secure_setup(
     content = RecordDict(
         {
             protocol.SECAGG_KEY: records.key_advertisement_record(
-                params, advertisement, identity.certificate_pem
+                params, advertisement, member.certificate_pem
             )
         }
     )
@@ -301,13 +346,15 @@ def handle_secure_stage(
             verify_roster=_roster_verifier(state.roster_keys),
             policy=_client_policy(node_secagg_policy(context)),
         )
-        reply = client.handle(request)
         params = client.params
         assert params is not None
+        if kind == protocol.SECAGG_MASKED_INPUT:
+            _set_stored_input(client, params, context)  # quantized just before masking
+        reply = client.handle(request)
         if client.stage is ClientStage.DONE:
             _erase(context)
         else:
-            _store(context, params, client, [key.to_pem() for key in state.roster_keys])
+            _store(context, params, client, state.roster_keys)
     except SecAggRefusal as refusal:
         _erase(context)
         return secagg_refusal_reply(message, refusal)
@@ -339,15 +386,9 @@ def no_identity_reply(message: Message, error: IdentityError) -> Message:
 
 
 # Stage 0 helpers ---------------------------------------------------------------------------
-def _check_round(message: Message, params: GroupParams, anchor: TrustAnchor) -> None:
+def _declared_round(message: Message) -> object:
     config = message.content.config_records.get(protocol.CONFIG_KEY)
-    server_round = None if config is None else config.get(protocol.ROUND)
-    if params.run_id != anchor.run_id or params.round != server_round:
-        raise SecAggRefusal(
-            SecAggRefusalReason.OUT_OF_ORDER,
-            f"the group is for run {params.run_id!r} round {params.round}, the broadcast for "
-            f"run {anchor.run_id!r} round {server_round!r}",
-        )
+    return None if config is None else config.get(protocol.ROUND)
 
 
 def _roster_keys(message: Message, anchor: TrustAnchor) -> tuple[VerifyingKey, ...]:
@@ -404,16 +445,57 @@ class _StoredRound:
 
 
 def _store(
-    context: Context, params: GroupParams, client: SecAggClient, roster_keys: list[bytes]
+    context: Context,
+    params: GroupParams,
+    client: SecAggClient,
+    roster_keys: tuple[VerifyingKey, ...],
+    member_input: MemberInput | None = None,
 ) -> None:
-    context.state[STATE_KEY] = ConfigRecord(
+    """Keep the round in ``Context.state``: the protocol state (keys, seed, shares) as bytes,
+    and until the masked-input stage the member's input as an array (not re-encoded at
+    every stage)."""
+    record = ConfigRecord(
         {
             records.ROUND: params.round,
             records.GROUP: params.group_id,
             "state": client.export_state(),
-            "roster-keys": roster_keys,
+            "roster-keys": [key.to_pem() for key in roster_keys],
         }
     )
+    previous = context.state.config_records.get(STATE_KEY)
+    if previous is not None and "unclipped" in previous:
+        record["unclipped"] = previous["unclipped"]
+    if isinstance(member_input, RingInput):
+        context.state[INPUT_KEY] = ArrayRecord({"ring": Array(member_input.words)})
+    elif member_input is not None:
+        vector, unclipped = member_input
+        context.state[INPUT_KEY] = ArrayRecord({"update": Array(vector)})
+        record["unclipped"] = int(unclipped)
+    context.state[STATE_KEY] = record
+
+
+def _set_stored_input(client: SecAggClient, params: GroupParams, context: Context) -> None:
+    stored = context.state.array_records.get(INPUT_KEY)
+    record = context.state.config_records[STATE_KEY]
+    if stored is None:
+        raise SecAggRefusal(SecAggRefusalReason.OUT_OF_ORDER, "no input kept for this round")
+    if "ring" in stored:
+        client.set_quantized_input(stored["ring"].numpy())
+    else:
+        bit = record.get("unclipped")
+        extras = [int(bit)] if params.quantization.num_extra_channels == 1 else []  # type: ignore[arg-type]
+        client.set_input(stored["update"].numpy(), extras=extras)
+    del context.state[INPUT_KEY]
+
+
+def _check_input_length(member_input: MemberInput, params: GroupParams) -> None:
+    expected = params.input_length if isinstance(member_input, RingInput) else params.vector_length
+    values = member_input.words if isinstance(member_input, RingInput) else member_input[0]
+    if values.shape != (expected,):
+        raise SecAggRefusal(
+            SecAggRefusalReason.MALFORMED,
+            f"the member's input has {values.size} values, the group expects {expected}",
+        )
 
 
 def _stored(context: Context, where: records.Addressed) -> _StoredRound:
@@ -433,8 +515,9 @@ def _stored(context: Context, where: records.Addressed) -> _StoredRound:
 
 
 def _erase(context: Context) -> None:
-    if STATE_KEY in context.state.config_records:
-        del context.state[STATE_KEY]
+    for key in (STATE_KEY, INPUT_KEY):
+        if key in context.state:
+            del context.state[key]
 
 
 # Identities and signatures -----------------------------------------------------------------
