@@ -332,9 +332,9 @@ class CoordinatorConfig:
         return cls(**values)
 
 
-# Keys the Flower app declares for the client side (data partitioning in
-# simulation) rather than for the coordinator.
-IGNORED_RUN_CONFIG_KEYS = frozenset({"partition-alpha"})
+# Keys the Flower app declares for someone other than the coordinator: the client side
+# (data partitioning in simulation), and the ServerApp itself (its metrics endpoint).
+IGNORED_RUN_CONFIG_KEYS = frozenset({"partition-alpha", "metrics-port"})
 
 _RENAMES = {"num_rounds": "num-server-rounds"}
 
