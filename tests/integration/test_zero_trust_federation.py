@@ -34,13 +34,15 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
+from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from flwr.common.config import parse_config_args
 from typer.testing import CliRunner
 
@@ -138,13 +140,8 @@ def wait_for_record(
     pytest.fail(f"no audit record for {what} in {path} within {AUDIT_TIMEOUT_S} s")
 
 
-def captured_fleet_headers(member: ClientLayout) -> dict[str, str]:
-    """The headers a SuperNode signs (Flower 1.42): node key, timestamp, its signature.
-
-    Signed here with the member's key, they are exactly what an eavesdropper on the
-    SuperNode's traffic would capture and replay.
-    """
-    key = read_private_key(member.key)
+def signed_fleet_headers(key: ec.EllipticCurvePrivateKey) -> dict[str, str]:
+    """Flower 1.42's node-authentication headers, signed now with ``key``."""
     public_pem = key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
@@ -155,6 +152,61 @@ def captured_fleet_headers(member: ClientLayout) -> dict[str, str]:
         "flwr-timestamp": timestamp,
         "flwr-signature": base64.b64encode(signature).decode("ascii"),
     }
+
+
+def self_signed_member(folder: Path, name: str) -> ClientLayout:
+    """A member layout whose certificate names ``name`` in the federation but signs itself."""
+    folder.mkdir(parents=True)
+    key = ec.generate_private_key(ec.SECP384R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.now(UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.UniformResourceIdentifier(f"spiffe://{FEDERATION}/client/{name}")]
+            ),
+            critical=False,
+        )
+        .sign(key, hashes.SHA384())
+    )
+    layout = ClientLayout(folder)
+    layout.certificate.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    layout.key.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    layout.key.chmod(0o600)
+    return layout
+
+
+def non_loopback_address() -> str | None:
+    """An IPv4 address of this host outside 127.0.0.0/8, if it has one."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # TEST-NET-1: no packet is sent for UDP connect
+            address = str(probe.getsockname()[0])
+        except OSError:
+            return None
+    return None if address.startswith("127.") or address == "0.0.0.0" else address
+
+
+def captured_fleet_headers(member: ClientLayout) -> dict[str, str]:
+    """The headers a SuperNode signs (Flower 1.42): node key, timestamp, its signature.
+
+    Signed here with the member's key, they are exactly what an eavesdropper on the
+    SuperNode's traffic would capture and replay.
+    """
+    return signed_fleet_headers(read_private_key(member.key))
 
 
 def tls_context(ca: Path, member: ClientLayout | None) -> ssl.SSLContext:
@@ -613,6 +665,99 @@ def test_the_superlink_listens_on_loopback_only(federation: ZeroTrustFederation)
             and int(line.split()[1].rpartition(":")[2], 16) == federation.superlink_port
         ]
     assert listening == ["0100007F:" + f"{federation.superlink_port:04X}"]
+
+
+@pytest.mark.slow
+def test_a_self_signed_certificate_naming_a_member_cannot_connect(
+    federation: ZeroTrustFederation,
+) -> None:
+    forged = self_signed_member(federation.root / "forged", "alice")
+    with (
+        pytest.raises((httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError)),
+        federation.gateway_client(forged) as client,
+    ):
+        client.post("/v1/fleet/pull-messages", content=b"", headers=captured_fleet_headers(forged))
+
+
+@pytest.mark.slow
+def test_an_expired_certificate_is_refused_and_audited(federation: ZeroTrustFederation) -> None:
+    # Issued back-dated (valid for one day, three days ago): no sleeping.
+    expired = enrol_member(
+        federation.pki.authority.root,
+        federation.root / "pki" / "clients" / "erin",
+        Identity(FEDERATION, Role.CLIENT, "erin"),
+        days=1,
+        require_client_anchors=False,
+        now=datetime.now(UTC) - timedelta(days=3),
+    )
+    with (
+        pytest.raises((httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError)),
+        federation.gateway_client(expired) as client,
+    ):
+        client.post("/v1/fleet/pull-messages", content=b"", headers=captured_fleet_headers(expired))
+    wait_for_record(
+        federation.gateway_audit_log,
+        lambda r: r.kind is AuditEventKind.NODE_REFUSED and r.reason == "expired",
+        "the expired certificate",
+        federation.check_alive,
+    )
+
+
+@pytest.mark.slow
+def test_a_node_key_other_than_the_certificates_is_refused_and_audited(
+    federation: ZeroTrustFederation,
+) -> None:
+    bob = federation.pki.clients["bob"]
+    # Validly signed Flower headers, but for a node key bob's certificate does not hold.
+    key = ec.generate_private_key(ec.SECP384R1())
+    with federation.gateway_client(bob) as client:
+        response = client.post(
+            "/v1/fleet/pull-messages", content=b"", headers=signed_fleet_headers(key)
+        )
+    assert response.status_code == 403
+    wait_for_record(
+        federation.gateway_audit_log,
+        lambda r: (
+            r.kind is AuditEventKind.REQUEST_REFUSED
+            and r.reason == "node_key_mismatch"
+            and r.details.get("identity") == f"spiffe://{FEDERATION}/client/bob"
+        ),
+        "the foreign node key",
+        federation.check_alive,
+    )
+
+
+@pytest.mark.slow
+def test_path_tricks_around_the_fleet_prefix_are_refused(
+    federation: ZeroTrustFederation,
+) -> None:
+    alice = federation.pki.clients["alice"]
+    tricks = (
+        "/v1/fleet/%2e%2e/control/list-runs",
+        "/v1%2Ffleet/pull-messages",
+        "/v1/fleet%2F..%2Fcontrol/list-runs",
+        "//v1/fleet/pull-messages",
+        "/v1/fleetx/pull-messages",
+        "/health",
+    )
+    with federation.gateway_client(alice) as client:
+        for target in tricks:
+            response = client.post(target, content=b"", headers=captured_fleet_headers(alice))
+            assert response.status_code in (400, 403, 404), target
+
+
+@pytest.mark.slow
+def test_the_superlink_port_refuses_connections_from_outside_loopback(
+    federation: ZeroTrustFederation,
+) -> None:
+    address = non_loopback_address()
+    if address is None:
+        pytest.skip("this host has no non-loopback IPv4 address to connect from")
+    with (
+        pytest.raises(ConnectionRefusedError),
+        socket.create_connection((address, federation.superlink_port), timeout=5),
+    ):
+        pass
 
 
 # ---------------------------------------------------------------- changes the federation
