@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -159,6 +160,12 @@ class GroupParams:
 
     def fingerprint(self) -> bytes:
         """SHA-256 of every parameter: the context bound into each key, share and signature."""
+        return self._fingerprint
+
+    @functools.cached_property
+    def _fingerprint(self) -> bytes:
+        # Computed once per (immutable) parameter set: every key derivation, share and
+        # signature of the round binds it.
         q = self.quantization
         encoded = labelled(
             "group-parameters",
