@@ -252,6 +252,10 @@ DEFENCE_SETTING_PREFIX = "dp"
 SECURE_DEFENCE_KEYS = frozenset({"secure-aggregation", "group-size", "secagg-threshold"})
 """Secure mode per defence: ``secure-aggregation = true``, ``group-size`` (k) and
 ``secagg-threshold`` (t), as the coordinator names them."""
+MONITORING_DEFENCE_KEYS = frozenset(
+    {"quarantine", "reputation-decay", "quarantine-threshold", "quarantine-min-rounds"}
+)
+"""Quarantine per defence (off in simulations unless ``quarantine = true``; docs/monitoring.md)."""
 MATRIX_KEYS = frozenset({"seeds", "attacks", "defence"})
 TOP_LEVEL_KEYS = frozenset({"scenario", "defence", "matrix"})
 
@@ -332,6 +336,7 @@ def _defences(tables: Any, default_byzantine: int) -> tuple[Defence, ...]:
             if key == DEFENCE_SETTING_PREFIX
             or key.startswith(f"{DEFENCE_SETTING_PREFIX}-")
             or key in SECURE_DEFENCE_KEYS
+            or key in MONITORING_DEFENCE_KEYS
         )
         _refuse_unknown(table, DEFENCE_KEYS | {key for key, _ in settings}, "defence key")
         pipeline = _typed("pipeline", table["pipeline"], str)

@@ -201,7 +201,7 @@ def test_invalid_toml_is_refused_naming_the_file(tmp_path: Path) -> None:
 
 
 def test_a_missing_scenario_file_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(ScenarioError, match="cannot read scenario"):
+    with pytest.raises(ScenarioError, match="no scenario file .*absent.toml"):
         load_scenario(tmp_path / "absent.toml")
 
 
@@ -235,3 +235,17 @@ def test_an_overridden_client_count_is_checked_against_every_defence() -> None:
 def test_a_scenario_built_directly_is_validated() -> None:
     with pytest.raises(ScenarioError):
         Scenario(num_clients=0)
+
+
+def test_a_defence_opts_in_to_quarantine_with_the_coordinators_own_keys() -> None:
+    document = {
+        "scenario": {"num-clients": 5, "num-byzantine": 1},
+        "defence": [
+            {"pipeline": "median", "quarantine": True, "quarantine-threshold": 0.4},
+            {"pipeline": "median"},
+        ],
+    }
+    scenario = scenario_from_document(document, "test")
+    watched, plain = (scenario.coordinator_settings(d) for d in scenario.defences)
+    assert (watched.quarantine, watched.quarantine_threshold) == (True, 0.4)
+    assert plain.quarantine is False
