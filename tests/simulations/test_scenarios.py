@@ -201,7 +201,7 @@ def test_invalid_toml_is_refused_naming_the_file(tmp_path: Path) -> None:
 
 
 def test_a_missing_scenario_file_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(ScenarioError, match="no scenario file .*absent.toml"):
+    with pytest.raises(ScenarioError, match=r"no scenario file .*absent\.toml"):
         load_scenario(tmp_path / "absent.toml")
 
 
