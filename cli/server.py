@@ -75,6 +75,14 @@ def up(
         list[Path] | None,
         typer.Option("--node-key", help="Another OpenSSH node public key to register."),
     ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            "--metrics-port",
+            help="Serve the gateway's refusal counters as Prometheus metrics on 127.0.0.1 "
+            "at this port (docs/metrics.md) [off].",
+        ),
+    ] = None,
 ) -> None:
     """Start the SuperLink on 127.0.0.1 (TLS, node authentication, no runtime installs),
     register every enrolled client's node key, start the gateway and the health endpoint;
@@ -90,6 +98,7 @@ def up(
             "state_dir": state_dir,
             "signing_key": signing_key,
             "extra_node_keys": tuple(node_key) if node_key else None,
+            "metrics_port": metrics_port,
         }
         if listen is not None:
             overrides["listen_host"], overrides["listen_port"] = parse_host_port(listen, "--listen")

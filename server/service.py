@@ -28,6 +28,7 @@ import ssl
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any, Final
 
@@ -37,12 +38,14 @@ from ztfl.server.control_channel import ControlChannel, NodeRegistration
 from ztfl.server.enrolled_nodes import enrolled_nodes, write_node_key
 from ztfl.server.gateway import Gateway, GatewayConfig
 from ztfl.server.gateway.health import HEALTH_PATH, HealthServer
+from ztfl.server.metrics import GatewayMetrics, MetricsEndpoint, MetricsServer, serve_metrics
 from ztfl.server.superlink_process import (
     LOOPBACK,
     SuperLinkConfig,
     SuperLinkProcess,
     ensure_superlink_tls,
 )
+from ztfl.trust.audit import AuditEventKind
 from ztfl.trust.durable_files import write_atomically
 from ztfl.trust.pki import (
     AuthorityLayout,
@@ -153,6 +156,8 @@ class ServiceConfig:
             ``ztfl run`` (run config ``state-dir``, ``signing-key``); optional here.
         extra_node_keys: OpenSSH public keys to register besides the enrolled clients'.
         requests_per_second, burst: the gateway's per-client rate limit.
+        metrics_port: >0: the gateway's refusals by kind and reason as Prometheus metrics on
+            127.0.0.1:<port> (docs/metrics.md); 0: off.
     """
 
     service_dir: Path
@@ -167,6 +172,7 @@ class ServiceConfig:
     extra_node_keys: tuple[Path, ...] = ()
     requests_per_second: float = 50.0
     burst: int = 200
+    metrics_port: int = 0
 
     def __post_init__(self) -> None:
         for name in ("service_dir", "ca_dir", "gateway_dir"):
@@ -178,7 +184,7 @@ class ServiceConfig:
         object.__setattr__(
             self, "extra_node_keys", tuple(Path(p).absolute() for p in self.extra_node_keys)
         )
-        for name in ("listen_port", "health_port"):
+        for name in ("listen_port", "health_port", "metrics_port"):
             port = getattr(self, name)
             if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
                 raise LaunchError(LaunchErrorReason.BAD_CONFIG, f"{name} must be 0..65535")
@@ -199,7 +205,8 @@ class ServiceConfig:
 
         Keys: ``service-dir``, ``ca-dir``, ``gateway-dir``, ``listen`` (host:port),
         ``superlink-port``, ``health-port``, ``state-dir``, ``signing-key``,
-        ``node-keys`` (list), ``requests-per-second``, ``burst``. ``overrides`` (field
+        ``node-keys`` (list), ``requests-per-second``, ``burst``, ``metrics-port``.
+        ``overrides`` (field
         names) win over the file; None values are ignored.
         """
         try:
@@ -225,6 +232,7 @@ class ServiceConfig:
             "node-keys",
             "requests-per-second",
             "burst",
+            "metrics-port",
         }
         unknown = sorted(set(table) - known)
         if unknown:
@@ -246,7 +254,7 @@ class ServiceConfig:
             values["listen_host"], values["listen_port"] = parse_host_port(
                 str(table["listen"]), "listen"
             )
-        for key in ("superlink-port", "health-port", "burst"):
+        for key in ("superlink-port", "health-port", "burst", "metrics-port"):
             if key in table:
                 values[key.replace("-", "_")] = table[key]
         if "requests-per-second" in table:
@@ -372,6 +380,8 @@ class CoordinatorService:
         self.registrations: tuple[NodeRegistration, ...] = ()
         self._superlink: SuperLinkProcess | None = None
         self._gateway: Gateway | None = None
+        self.gateway_metrics: GatewayMetrics | None = None
+        self._metrics_server: MetricsServer | None = None
         self._health: HealthServer | None = None
         self._superlink_healthy = False
         self._watch: asyncio.Task[None] | None = None
@@ -454,6 +464,24 @@ class CoordinatorService:
         config = self.config
         authority = AuthorityLayout(config.ca_dir)
         member = ClientLayout(config.gateway_dir)
+        on_refusal = None
+        if config.metrics_port:
+            metrics = GatewayMetrics()
+            self.gateway_metrics = metrics
+
+            def on_refusal(kind: AuditEventKind, reason: Enum) -> None:
+                metrics.refused(reason, kind=kind.value)
+
+            try:
+                self._metrics_server = serve_metrics(
+                    metrics.registry, MetricsEndpoint(port=config.metrics_port)
+                )
+            except OSError as error:
+                raise LaunchError(
+                    LaunchErrorReason.PORT_IN_USE,
+                    f"the metrics endpoint cannot listen on 127.0.0.1:{config.metrics_port}: "
+                    f"{error.strerror or error}",
+                ) from None
         gateway = Gateway(
             GatewayConfig(
                 listen_host=config.listen_host,
@@ -467,7 +495,8 @@ class CoordinatorService:
                 audit_log=config.layout.gateway_audit_log,
                 requests_per_second=config.requests_per_second,
                 burst=config.burst,
-            )
+            ),
+            on_refusal=on_refusal,
         )
         try:
             await gateway.start()
@@ -552,6 +581,9 @@ class CoordinatorService:
         if self._gateway is not None:
             await self._gateway.stop()
             self._gateway = None
+        if self._metrics_server is not None:
+            await asyncio.to_thread(self._metrics_server.close)
+            self._metrics_server = None
         killed: list[int] = []
         if self._superlink is not None:
             killed = await asyncio.to_thread(self._superlink.stop)

@@ -16,7 +16,7 @@ from ztfl.server.gateway.federation_trust_file import FederationTrustFile
 from ztfl.server.gateway.gateway_policy import GatewayPolicy
 from ztfl.server.gateway.health import HealthServer
 from ztfl.server.gateway.rate_limit import TokenBucketLimiter
-from ztfl.server.gateway.refusal_audit import RefusalAuditor
+from ztfl.server.gateway.refusal_audit import RefusalAuditor, RefusalCounter
 from ztfl.trust.audit import AuditLog
 from ztfl.trust.pki import CertificateRefused
 from ztfl.trust.transport import (
@@ -36,8 +36,11 @@ _log = logging.getLogger(__name__)
 class Gateway:
     """The mutual-TLS gateway; see the module docstring."""
 
-    def __init__(self, config: GatewayConfig) -> None:
+    def __init__(self, config: GatewayConfig, *, on_refusal: RefusalCounter | None = None) -> None:
+        """``on_refusal``: told of every refusal (audit kind, reason), e.g. to count it in
+        ``ztfl.server.metrics.GatewayMetrics``; audit records may aggregate, it never does."""
         self.config = config
+        self._on_refusal = on_refusal
         self._audit_log: AuditLog | None = None
         self._trust: FederationTrustFile | None = None
         self._policy: GatewayPolicy | None = None
@@ -84,7 +87,12 @@ class Gateway:
         audit_log = await asyncio.to_thread(
             AuditLog.open, config.audit_log, create=not config.audit_log.exists()
         )
-        auditor = RefusalAuditor(audit_log, config.audit_run_id, config.refusal_audit_window_s)
+        auditor = RefusalAuditor(
+            audit_log,
+            config.audit_run_id,
+            config.refusal_audit_window_s,
+            on_refusal=self._on_refusal,
+        )
         limiter = TokenBucketLimiter(config.requests_per_second, config.burst)
         policy = GatewayPolicy(trust, limiter, auditor, config.max_request_bytes)
         server = RelayServer(

@@ -33,6 +33,10 @@ class _Window:
     details: Mapping[str, object]
 
 
+RefusalCounter = Callable[[AuditEventKind, Enum], None]
+"""Told of each refusal by audit kind and reason enum (e.g. the gateway's Prometheus counter)."""
+
+
 class RefusalAuditor:
     """Appends refusals to an ``AuditLog``; ``aggregate_key`` turns on per-window aggregation."""
 
@@ -43,7 +47,11 @@ class RefusalAuditor:
         window_s: float,
         *,
         clock: Callable[[], float] = time.monotonic,
+        on_refusal: RefusalCounter | None = None,
     ) -> None:
+        """``on_refusal`` sees every refusal, also those the window folds into one record
+        (the metrics count them all)."""
+        self._on_refusal = on_refusal
         self._log = audit_log
         self._run_id = run_id
         self._window_s = window_s
@@ -59,6 +67,8 @@ class RefusalAuditor:
         aggregate_key: str | None = None,
     ) -> None:
         """Audit one refusal (or count it into its key's open window)."""
+        if self._on_refusal is not None:
+            self._on_refusal(kind, reason)
         if aggregate_key is None:
             await self._append(kind, reason, details)
             return

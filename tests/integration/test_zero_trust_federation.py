@@ -261,6 +261,7 @@ class ZeroTrustFederation:
         self.foreign = provision_federation(root / "foreign", FEDERATION, clients=["alice"])
         self.service_dir = root / "service"
         self.superlink_port = free_loopback_port(self.ports)
+        self.metrics_port = free_loopback_port(self.ports)
         self.gateway_port = 0
         self.home = root / "home"
         self.home.mkdir()
@@ -354,6 +355,8 @@ class ZeroTrustFederation:
                 str(self.state_dir),
                 "--signing-key",
                 str(self.signing_key),
+                "--metrics-port",
+                str(self.metrics_port),
             ],
         )
         status_file = self.service_dir / "service.json"
@@ -758,6 +761,24 @@ def test_the_superlink_port_refuses_connections_from_outside_loopback(
         socket.create_connection((address, federation.superlink_port), timeout=5),
     ):
         pass
+
+
+@pytest.mark.slow
+def test_the_gateway_refusals_are_counted_in_the_coordinators_metrics(
+    federation: ZeroTrustFederation,
+) -> None:
+    alice = federation.pki.clients["alice"]
+    with federation.gateway_client(alice) as client:
+        client.post("/v1/control/list-runs", content=b"", headers=captured_fleet_headers(alice))
+    scraped = httpx.get(f"http://{LOOPBACK}:{federation.metrics_port}/metrics", timeout=10.0)
+    assert scraped.status_code == 200
+    refusals = [
+        line
+        for line in scraped.text.splitlines()
+        if line.startswith("ztfl_gateway_refusals_total{")
+    ]
+    assert any('kind="request_refused"' in line for line in refusals), scraped.text
+    assert "alice" not in scraped.text  # no per-client labels
 
 
 # ---------------------------------------------------------------- changes the federation

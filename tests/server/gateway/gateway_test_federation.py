@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives import serialization
 
 from tests.trust.transport.relay_test_servers import HttpClient, LoopThread, RawResponse, Upstream
 from ztfl.server.gateway import Gateway, GatewayConfig
+from ztfl.server.gateway.refusal_audit import RefusalCounter
 from ztfl.trust.audit import AuditLog, AuditRecord
 from ztfl.trust.pki import Identity, Role
 from ztfl.trust.pki.keyfiles import read_private_key
@@ -125,6 +126,8 @@ def start_gateway(
     federation: ProvisionedFederation,
     upstream: Upstream,
     audit_log: Path,
+    *,
+    on_refusal: RefusalCounter | None = None,
     **overrides: object,
 ) -> Iterator[RunningGateway]:
     paths = federation.paths
@@ -141,7 +144,7 @@ def start_gateway(
         **overrides,
     }
     config = GatewayConfig(**settings)  # type: ignore[arg-type]
-    gateway = Gateway(config)
+    gateway = Gateway(config, on_refusal=on_refusal)
     loop_thread.run(gateway.start())
     try:
         yield RunningGateway(gateway, config, federation)
