@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 from cryptography.hazmat.primitives.asymmetric import ec
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, RecordDict
+from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from ztfl.aggregation.secagg import (
@@ -48,6 +48,7 @@ from ztfl.aggregation.secagg import (
     ServerMessage,
     identity_verifier,
 )
+from ztfl.aggregation.secagg.masks import ring_dtype
 from ztfl.trust.keys import VerifyingKey
 from ztfl.trust.pki import (
     CertificateRefused,
@@ -77,7 +78,7 @@ from .app import (
     node_privacy_policy,
     run_verified,
 )
-from .policy import PolicyError, SecureAggregationPolicy
+from .policy import PolicyError, PolicyViolation, SecureAggregationPolicy
 
 IDENTITY_DIR = "identity-dir"
 FEDERATION_CRL = "federation-crl"
@@ -85,7 +86,8 @@ STATE_KEY = "ztfl.secagg.state"
 """``Context.state`` ConfigRecord: the member's round (round, group, protocol state, roster
 keys). It holds the round's secrets: it never leaves the node's memory."""
 INPUT_KEY = "ztfl.secagg.input"
-"""``Context.state`` ArrayRecord: the member's clipped update until the masked-input stage."""
+"""``Context.state`` ConfigRecord: the member's clipped update (raw float32 bytes) until the
+masked-input stage."""
 
 
 @dataclass(frozen=True)
@@ -161,6 +163,16 @@ def node_secagg_policy(context: Context) -> SecureAggregationPolicy:
         return SecureAggregationPolicy.from_node_config(context.node_config)
     except PolicyError as error:
         raise ClientRefusal(protocol.ClientErrorCode.INVALID_POLICY, str(error)) from error
+
+
+def check_plaintext_allowed(context: Context) -> None:
+    """Refuse a plaintext training round on a node whose policy requires secure aggregation
+    (``require-secure-aggregation``): ClientRefusal(POLICY_FLOOR), or INVALID_POLICY for a
+    malformed setting. For the plaintext ``train`` handler, before anything is trained."""
+    try:
+        node_secagg_policy(context).check_plaintext_round()
+    except PolicyViolation as violation:
+        raise ClientRefusal(protocol.ClientErrorCode.POLICY_FLOOR, str(violation)) from violation
 
 
 def register_secure_aggregation(
@@ -465,26 +477,36 @@ def _store(
     previous = context.state.config_records.get(STATE_KEY)
     if previous is not None and "unclipped" in previous:
         record["unclipped"] = previous["unclipped"]
+    # The input as raw little-endian bytes: one copy in, none out (np.frombuffer at stage 2).
     if isinstance(member_input, RingInput):
-        context.state[INPUT_KEY] = ArrayRecord({"ring": Array(member_input.words)})
+        words = member_input.words
+        context.state[INPUT_KEY] = ConfigRecord(
+            {"ring": words.astype(words.dtype.newbyteorder("<"), copy=False).tobytes()}
+        )
     elif member_input is not None:
         vector, unclipped = member_input
-        context.state[INPUT_KEY] = ArrayRecord({"update": Array(vector)})
+        context.state[INPUT_KEY] = ConfigRecord({"update": vector.astype("<f4").tobytes()})
         record["unclipped"] = int(unclipped)
     context.state[STATE_KEY] = record
 
 
 def _set_stored_input(client: SecAggClient, params: GroupParams, context: Context) -> None:
-    stored = context.state.array_records.get(INPUT_KEY)
+    stored = context.state.config_records.get(INPUT_KEY)
     record = context.state.config_records[STATE_KEY]
     if stored is None:
         raise SecAggRefusal(SecAggRefusalReason.OUT_OF_ORDER, "no input kept for this round")
-    if "ring" in stored:
-        client.set_quantized_input(stored["ring"].numpy())
-    else:
+    ring, update = stored.get("ring"), stored.get("update")
+    if isinstance(ring, bytes):
+        dtype = ring_dtype(params.modulus_bits)
+        client.set_quantized_input(
+            np.frombuffer(ring, dtype=dtype.newbyteorder("<")).astype(dtype, copy=False)
+        )
+    elif isinstance(update, bytes):
         bit = record.get("unclipped")
         extras = [int(bit)] if params.quantization.num_extra_channels == 1 else []  # type: ignore[arg-type]
-        client.set_input(stored["update"].numpy(), extras=extras)
+        client.set_input(np.frombuffer(update, dtype="<f4"), extras=extras)
+    else:
+        raise SecAggRefusal(SecAggRefusalReason.MALFORMED, "unreadable input kept for this round")
     del context.state[INPUT_KEY]
 
 

@@ -178,8 +178,16 @@ def dequantize_sum(
     ring_sum: npt.NDArray[np.unsignedinteger], params: QuantizationParams, modulus_bits: int
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:
     """The group sum as floats (vector part, divided by scale) and exact integers (extras)."""
+    split = ring_sum.size - params.num_extra_channels
+    if ring_sum.dtype == np.uint32 and modulus_bits <= 32:
+        # One pass for the usual b ≤ 32: sign-extend from bit b − 1 in 32-bit words, then
+        # convert and divide together.
+        shift = 32 - modulus_bits
+        shifted = ring_sum << np.uint32(shift) if shift else ring_sum
+        signed32 = shifted.view(np.int32) >> np.int32(shift) if shift else shifted.view(np.int32)
+        vector = np.divide(signed32[:split], params.scale, dtype=np.float64)
+        return vector, signed32[split:].astype(np.int64)
     signed = from_ring(ring_sum, modulus_bits)
-    split = signed.size - params.num_extra_channels
     return signed[:split].astype(np.float64) / params.scale, signed[split:].copy()
 
 

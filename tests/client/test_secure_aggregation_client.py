@@ -37,13 +37,14 @@ from ztfl.aggregation.secagg import (
 )
 from ztfl.client import protocol
 from ztfl.client import secagg_records as records
-from ztfl.client.app import build_client_app
+from ztfl.client.app import ClientRefusal, build_client_app
 from ztfl.client.data import ClientData
 from ztfl.client.policy import PolicyError, PolicyViolation, SecureAggregationPolicy
 from ztfl.client.secure_aggregation import (
     STATE_KEY,
     IdentityError,
     MemberIdentity,
+    check_plaintext_allowed,
     register_secure_aggregation,
 )
 from ztfl.trust.keys import SigningKey, generate_signing_key
@@ -142,6 +143,15 @@ def test_a_node_requiring_secure_aggregation_refuses_plaintext_rounds() -> None:
     policy = SecureAggregationPolicy.from_node_config({"require-secure-aggregation": True})
     with pytest.raises(PolicyViolation, match="secure aggregation"):
         policy.check_plaintext_round()
+
+
+def test_a_plaintext_round_is_refused_on_a_node_that_requires_secure_aggregation(
+    anchor_file: Path,
+) -> None:
+    context = member_context(anchor_file, **{"require-secure-aggregation": True})
+    with pytest.raises(ClientRefusal) as refused:
+        check_plaintext_allowed(context)
+    assert refused.value.code is protocol.ClientErrorCode.POLICY_FLOOR
 
 
 # Stage 0 ------------------------------------------------------------------------------------
