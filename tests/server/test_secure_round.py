@@ -46,7 +46,7 @@ from ztfl.client.trainer import model_weights
 from ztfl.client.trust_anchor import write_trust_anchor
 from ztfl.server.arrays import vector_to_record, weights_to_vector
 from ztfl.server.config import CoordinatorConfig
-from ztfl.server.coordinator import open_ledger
+from ztfl.server.coordinator import Coordinator, open_ledger
 from ztfl.server.ledger import PUBLIC_KEY_FILE, RunLedger
 from ztfl.server.secure_round import (
     GroupStatus,
@@ -561,3 +561,85 @@ def identities_with(
         return MemberIdentity.load(federation.clients[f"node-{node}"].root, federation.crl)
 
     return identity
+
+
+# Through the coordinator --------------------------------------------------------------------
+def secure_coordinator(
+    root: Path,
+    federation: FederationPaths,
+    node_data: Mapping[int, ClientData],
+    **settings: object,
+) -> tuple[Coordinator, LoopbackGrid]:
+    """A coordinator in secure mode (groups of 3) and the nodes' grid, pinning its run."""
+    initial = model_weights(build_model("mlp", seed=0))
+    config = CoordinatorConfig(
+        num_rounds=2,
+        min_nodes=len(NODE_IDS),
+        local_epochs=1,
+        federated_evaluation=False,
+        secure_aggregation=True,
+        group_size=3,
+        federation_ca=str(federation.ca_certificate),
+        federation_crl=str(federation.crl),
+        seed=5,
+        **settings,  # type: ignore[arg-type]
+    )
+    ledger = open_ledger(config, initial, state_dir=root / "state", key=SIGNING_KEY, resume=False)
+    anchor = root / "trust-anchor.toml"
+    write_trust_anchor(anchor, ledger.run_id, [root / "state" / PUBLIC_KEY_FILE])
+
+    def load_identity(context: Context) -> MemberIdentity:
+        return MemberIdentity.load(
+            federation.clients[f"node-{context.node_id}"].root, federation.crl
+        )
+
+    app = build_client_app(lambda context: node_data[context.node_id])
+    register_secure_aggregation(
+        app, lambda context: node_data[context.node_id], load_identity=load_identity
+    )
+    grid = LoopbackGrid(app, {node: {"trust-anchor": str(anchor)} for node in NODE_IDS})
+    coordinator = Coordinator(config, initial, ledger=ledger, roster_signer=SIGNING_KEY.sign)
+    return coordinator, grid
+
+
+def test_a_secure_coordinator_commits_rounds_from_group_means(
+    tmp_path: Path, federation: FederationPaths, node_data: dict[int, ClientData]
+) -> None:
+    coordinator, grid = secure_coordinator(
+        tmp_path, federation, node_data, pipeline="median", num_byzantine=0
+    )
+    try:
+        history = coordinator.run(grid)
+        kinds = [record.kind for record in coordinator.ledger.audit.records(1)]
+    finally:
+        coordinator.ledger.close()
+    assert [record.committed for record in history.rounds] == [True, True]
+    assert all(record.accepted_nodes == NODE_IDS for record in history.rounds)
+    assert kinds.count(AuditEventKind.ROUND_COMPLETED) == 2
+    assert AuditEventKind.UPDATE_REFUSED not in kinds
+    assert "train" not in grid.stages  # no plaintext training message was ever sent
+
+
+def test_a_private_secure_coordinator_noises_the_sum_and_steers_c_with_the_summed_bits(
+    tmp_path: Path, federation: FederationPaths, node_data: dict[int, ClientData]
+) -> None:
+    coordinator, grid = secure_coordinator(
+        tmp_path,
+        federation,
+        node_data,
+        pipeline="mean",
+        num_byzantine=0,
+        dp=True,
+        dp_noise_multiplier=0.5,
+        dp_adaptive_clipping=True,
+        dp_clip_norm=0.5,
+    )
+    try:
+        history = coordinator.run(grid)
+    finally:
+        coordinator.ledger.close()
+    assert [record.committed for record in history.rounds] == [True, True]
+    privacy = [record.privacy for record in history.rounds]
+    assert all(p is not None and p["adaptive_clipping"] == "andrew2021" for p in privacy)
+    clip_norms = [p["clip_norm"] for p in privacy if p is not None]
+    assert clip_norms[0] != clip_norms[1]  # the summed "unclipped" bits moved C
