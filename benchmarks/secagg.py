@@ -312,9 +312,7 @@ def run_flower(n: int, d: int, k: int, updates: Mapping[int, np.ndarray]) -> Mea
         strategy=strategy,
     )
     DefaultWorkflow(fit_workflow=timed_fit, evaluate_workflow=lambda g, c: None)(grid, context)
-    aggregate = parameters_to_ndarrays(
-        _parameters(context.state.array_records["parameters"])
-    )[0]
+    aggregate = parameters_to_ndarrays(_parameters(context.state.array_records["parameters"]))[0]
     expected = np.mean(list(updates.values()), axis=0)
     return Measurement(
         "flower",
