@@ -24,6 +24,7 @@ import math
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -38,6 +39,9 @@ from flwr.app import (
     RecordDict,
 )
 from flwr.clientapp import ClientApp
+
+if TYPE_CHECKING:
+    from .secure_aggregation import IdentityLoader, UpdateHook
 
 from ztfl.trust.refusal import ModelRefusal, ModelRefusalReason
 from ztfl.trust.revocation import RevocationList
@@ -108,21 +112,36 @@ def node_config_lineage_dir(context: Context) -> Path | None:
 
 
 def build_client_app(
-    load_data: ContextDataLoader, *, load_anchor: AnchorLoader = node_config_anchor
+    load_data: ContextDataLoader,
+    *,
+    load_anchor: AnchorLoader = node_config_anchor,
+    load_identity: IdentityLoader | None = None,
+    prepare_update: UpdateHook | None = None,
 ) -> ClientApp:
-    """A ClientApp that verifies each broadcast model, then trains or evaluates on ``load_data``."""
+    """A ClientApp that verifies each broadcast model, then trains or evaluates on ``load_data``,
+    and takes part in secure rounds (``ztfl.client.secure_aggregation``).
+
+    ``load_identity``: where the node's federation identity comes from (default: the node
+    config's ``identity-dir``); ``prepare_update``: tests and simulated attackers only.
+    """
     client_app = ClientApp()
+
+    # secure_aggregation builds on this module: imported here, where the app is assembled.
+    from .secure_aggregation import (
+        check_plaintext_allowed,
+        node_config_identity,
+        register_secure_aggregation,
+    )
 
     @client_app.train()
     def train(message: Message, context: Context) -> Message:
-        return run_verified(
-            message,
-            context,
-            load_anchor,
-            lambda weights: handle_train(
+        def handle(weights: Weights) -> Message:
+            check_plaintext_allowed(context)
+            return handle_train(
                 message, load_data(context), weights=weights, policy=node_privacy_policy(context)
-            ),
-        )
+            )
+
+        return run_verified(message, context, load_anchor, handle)
 
     @client_app.evaluate()
     def evaluate_model(message: Message, context: Context) -> Message:
@@ -133,6 +152,13 @@ def build_client_app(
             lambda weights: handle_evaluate(message, load_data(context), weights=weights),
         )
 
+    register_secure_aggregation(
+        client_app,
+        load_data,
+        load_anchor=load_anchor,
+        load_identity=load_identity or node_config_identity,
+        prepare_update=prepare_update,
+    )
     return client_app
 
 
@@ -350,9 +376,7 @@ def handle_train(
 def check_round_privacy(message: Message, policy: PrivacyPolicy) -> RoundPrivacy:
     """The round's declared DP settings, refused (POLICY_FLOOR) when weaker than ``policy``."""
     record = (
-        message.content.config_records.get(protocol.PRIVACY_KEY)
-        if message.has_content()
-        else None
+        message.content.config_records.get(protocol.PRIVACY_KEY) if message.has_content() else None
     )
     try:
         round_privacy = RoundPrivacy.from_record(record)

@@ -46,6 +46,8 @@ DEFAULT_RUNTIME_PORT: Final = 9094
 SUPERNODE_HOME: Final = "supernode-home"
 LINEAGE_DIR: Final = "lineage"
 LINEAGE_DIR_KEY: Final = "lineage-dir"
+IDENTITY_DIR_KEY: Final = "identity-dir"
+"""``ztfl.client.secure_aggregation.IDENTITY_DIR``, named here so the launcher stays light."""
 _NODE_CONFIG_PAIR: Final = re.compile(r"(\S+?)=('[^']*'|\"[^\"]*\"|\S+)")
 _WATCH_INTERVAL_S: Final = 1.0
 
@@ -91,12 +93,17 @@ def check_enrolment(client_dir: Path) -> ClientLayout:
 
 
 def node_config_text(
-    user_config: str, trust_anchor: Path, dataset: str | None, lineage_dir: Path | None = None
+    user_config: str,
+    trust_anchor: Path,
+    dataset: str | None,
+    lineage_dir: Path | None = None,
+    identity_dir: Path | None = None,
 ) -> str:
     """The SuperNode's ``--node-config``: the user's pairs, ``dataset``, the enrolled
-    ``trust-anchor`` and, unless the user names one, ``lineage-dir`` (so the node refuses a
-    rolled-back model across runs, docs/signing.md); a different ``trust-anchor`` or
-    ``dataset`` given twice is refused."""
+    ``trust-anchor`` and, unless the user names them, ``lineage-dir`` (so the node refuses a
+    rolled-back model across runs, docs/signing.md) and ``identity-dir`` (the enrolment
+    folder, whose key signs the node's secure-aggregation keys, docs/secure-aggregation.md);
+    a different ``trust-anchor`` or ``dataset`` given twice is refused."""
     pairs = dict(_NODE_CONFIG_PAIR.findall(user_config))
     leftover = _NODE_CONFIG_PAIR.sub("", user_config).strip()
     if leftover:
@@ -124,6 +131,10 @@ def node_config_text(
         if "'" in str(lineage_dir):
             raise LaunchError(LaunchErrorReason.BAD_CONFIG, "lineage-dir cannot contain a quote")
         pairs[LINEAGE_DIR_KEY] = f"'{lineage_dir}'"
+    if identity_dir is not None and IDENTITY_DIR_KEY not in pairs:
+        if "'" in str(identity_dir):
+            raise LaunchError(LaunchErrorReason.BAD_CONFIG, "identity-dir cannot contain a quote")
+        pairs[IDENTITY_DIR_KEY] = f"'{identity_dir}'"
     return " ".join(f"{key}={value}" for key, value in pairs.items())
 
 
@@ -207,6 +218,7 @@ class ClientLauncher:
                 layout.trust_anchor,
                 config.dataset,
                 (layout.root / LINEAGE_DIR).resolve(),
+                layout.root.resolve(),
             ),
             "--isolation",
             "subprocess",

@@ -45,7 +45,6 @@ from ztfl.client.secure_aggregation import (
     IdentityError,
     MemberIdentity,
     check_plaintext_allowed,
-    register_secure_aggregation,
 )
 from ztfl.trust.keys import SigningKey, generate_signing_key
 from ztfl.trust.pki.provisioning import FederationPaths, provision_federation
@@ -102,13 +101,10 @@ def member_app(
     federation: FederationPaths, client_data: ClientData, *, identity: str = MEMBER
 ) -> ClientApp:
     """The production ClientApp with the secure stages, holding ``identity``'s identity."""
-    app = build_client_app(lambda context: client_data)
-    register_secure_aggregation(
-        app,
+    return build_client_app(
         lambda context: client_data,
         load_identity=lambda context: identity_of(federation, identity),
     )
-    return app
 
 
 def member_context(anchor_file: Path, **settings: bool | int | str) -> Context:
@@ -239,8 +235,7 @@ def test_a_node_without_an_identity_refuses_with_its_own_code(
     round_message: Callable[..., Message],
     coordinator_key: SigningKey,
 ) -> None:
-    app = build_client_app(lambda context: client_data)
-    register_secure_aggregation(app, lambda context: client_data)  # node config: no identity-dir
+    app = build_client_app(lambda context: client_data)  # node config: no identity-dir
     reply = app(
         setup_message(round_message, group_params(), coordinator_key), member_context(anchor_file)
     )

@@ -781,6 +781,51 @@ def test_the_gateway_refusals_are_counted_in_the_coordinators_metrics(
     assert "alice" not in scraped.text  # no per-client labels
 
 
+@pytest.mark.slow
+def test_a_secure_round_runs_through_gateway_and_sidecars(
+    federation: ZeroTrustFederation, completed_run: CompletedRun
+) -> None:
+    # Members check each other's certificates against the federation CRL: the operator hands
+    # every client the current one (the default <identity-dir>/crl.pem).
+    for name in NODES:
+        shutil.copyfile(federation.pki.crl, federation.pki.clients[name].root / "crl.pem")
+    run_config = federation.root / "secure-run.toml"
+    run_config.write_text(
+        "num-server-rounds = 3\nresume = true\nsecure-aggregation = true\ngroup-size = 3\n"
+        'pipeline = "mean"\nnum-byzantine = 0\nlocal-epochs = 1\nbatch-size = 32\n'
+        f"min-nodes = {len(NODES)}\nround-timeout-s = 90.0\nnode-wait-timeout-s = 60.0\n"
+        f"federation-ca = {json.dumps(str(federation.pki.ca_certificate))}\n"
+        f"federation-crl = {json.dumps(str(federation.pki.crl))}\n"
+    )
+    completed = federation.ztfl(
+        "run",
+        str(run_config),
+        "--server",
+        str(federation.service_dir),
+        "--app",
+        str(federation.app_dir),
+        timeout_s=RUN_TIMEOUT_S,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    records = audit_records(federation.state_dir / "audit.db")
+    completed_rounds = [
+        record.round for record in records if record.kind is AuditEventKind.ROUND_COMPLETED
+    ]
+    assert completed_rounds == [1, 2, 3]
+    secure_trouble = {
+        AuditEventKind.SECAGG_GROUP_ABORTED,
+        AuditEventKind.SECAGG_REPLY_REFUSED,
+        AuditEventKind.SECAGG_MEMBER_REFUSED,
+        AuditEventKind.GROUP_MEAN_REFUSED,
+        AuditEventKind.CLIENT_VERIFICATION_FAILED,
+    }
+    assert not [record for record in records if record.kind in secure_trouble]
+    for name in NODES:  # every node took part in all four stages of the secure round
+        log = (federation.client_dir(name) / "logs" / "supernode.log").read_text(errors="replace")
+        for stage in ("setup", "share_keys", "masked_input", "unmask"):
+            assert f"train.secagg_{stage}" in log, f"{name} missed the secagg {stage} stage"
+
+
 # ---------------------------------------------------------------- changes the federation
 @pytest.mark.slow
 def test_an_app_bundle_off_the_clients_allow_list_is_refused_by_its_sidecar(

@@ -40,7 +40,6 @@ from ztfl.client.secure_aggregation import (
     MemberIdentity,
     RingInput,
     UpdateHook,
-    register_secure_aggregation,
 )
 from ztfl.client.trainer import model_weights
 from ztfl.client.trust_anchor import write_trust_anchor
@@ -201,9 +200,7 @@ class Deployment:
                 return hook(context.node_id, vector, params)
 
             update_hook = replace_update
-        app = build_client_app(lambda context: node_data[context.node_id])
-        register_secure_aggregation(
-            app,
+        app = build_client_app(
             lambda context: node_data[context.node_id],
             load_identity=load_identity,
             prepare_update=update_hook,
@@ -593,10 +590,7 @@ def secure_coordinator(
             federation.clients[f"node-{context.node_id}"].root, federation.crl
         )
 
-    app = build_client_app(lambda context: node_data[context.node_id])
-    register_secure_aggregation(
-        app, lambda context: node_data[context.node_id], load_identity=load_identity
-    )
+    app = build_client_app(lambda context: node_data[context.node_id], load_identity=load_identity)
     grid = LoopbackGrid(app, {node: {"trust-anchor": str(anchor)} for node in NODE_IDS})
     coordinator = Coordinator(config, initial, ledger=ledger, roster_signer=SIGNING_KEY.sign)
     return coordinator, grid
