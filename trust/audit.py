@@ -171,7 +171,7 @@ class AuditEventKind(StrEnum):
     CERTIFICATE_REVOKED = "certificate_revoked"
     """A certificate was revoked and the CRL reissued (details: identity, serial, reason)."""
     REQUEST_REFUSED = "request_refused"
-    """The gateway refused a request from an admitted peer; ``reason`` says why (path, size, rate)."""
+    """The gateway refused an admitted peer's request; ``reason`` says why (path, size, rate)."""
     APP_BUNDLE_REFUSED = "app_bundle_refused"
     """A client's sidecar refused an app bundle whose hash is not allow-listed."""
     SECAGG_GROUP_ABORTED = "secagg_group_aborted"
