@@ -493,6 +493,7 @@ def test_simulate_writes_a_verified_report_with_its_quarantine_events(tmp_path: 
         '[scenario]\nname = "flip"\nnum-clients = 10\nnum-byzantine = 2\nrounds = 6\n'
         'attack = "sign_flip(scale=5)"\nlocal-epochs = 1\nclean-reference = false\n'
         'seeds = [0]\n[[defence]]\nlabel = "median"\npipeline = "median"\nnum-byzantine = 2\n'
+        "quarantine = true\n"
     )
     env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "RAY_USAGE_STATS_ENABLED": "0"}
     completed = subprocess.run(
