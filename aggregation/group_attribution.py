@@ -23,8 +23,9 @@ is taken), so honest p-values are, if anything, larger than uniform.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,8 @@ class GroupRound:
     groups: tuple[tuple[int, ...], ...]
     flagged: frozenset[int]
     """Indices into ``groups`` of the groups whose mean was scored anomalous."""
+    server_round: int = 0
+    """The round's number (lets a released client's history start afresh, ``since``)."""
 
     def __post_init__(self) -> None:
         seen: set[int] = set()
@@ -50,6 +53,23 @@ class GroupRound:
     def flagged_share(self) -> float:
         """The chance that a client placed at random is in a flagged group (0 without groups)."""
         return len(self.flagged) / len(self.groups) if self.groups else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready (the coordinator's persisted policy state)."""
+        return {
+            "round": self.server_round,
+            "groups": [list(group) for group in self.groups],
+            "flagged": sorted(self.flagged),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> GroupRound:
+        """Rebuild from :meth:`to_json` (ValueError for an inconsistent round)."""
+        return cls(
+            groups=tuple(tuple(int(client) for client in group) for group in data["groups"]),
+            flagged=frozenset(int(index) for index in data["flagged"]),
+            server_round=int(data.get("round", 0)),
+        )
 
 
 @dataclass(frozen=True)
@@ -85,13 +105,22 @@ def poisson_binomial_tail(probabilities: Sequence[float], count: int) -> float:
     return min(1.0, max(0.0, sum(distribution[count:])))
 
 
-def attribute_flags(rounds: Iterable[GroupRound]) -> dict[int, Attribution]:
-    """Every client's flagged count, chance expectation and p-value over ``rounds``."""
+def attribute_flags(
+    rounds: Iterable[GroupRound], *, since: Mapping[int, int] | None = None
+) -> dict[int, Attribution]:
+    """Every client's flagged count, chance expectation and p-value over ``rounds``.
+
+    ``since``: per client, the first round that counts for it (a client an operator
+    released starts a fresh history); earlier rounds are ignored for that client only.
+    """
+    start = since or {}
     history: dict[int, list[tuple[bool, float]]] = {}
     for round_ in rounds:
         share = round_.flagged_share
         for index, group in enumerate(round_.groups):
             for client in group:
+                if round_.server_round < start.get(client, round_.server_round):
+                    continue
                 history.setdefault(client, []).append((index in round_.flagged, share))
     attributions = {}
     for client, seen in history.items():
@@ -111,11 +140,18 @@ def suspected_clients(
     rounds: Iterable[GroupRound], *, significance: float = 0.01, min_rounds: int = 3
 ) -> tuple[int, ...]:
     """Clients in flagged groups far more often than chance (Bonferroni-corrected), sorted."""
+    return suspects_among(attribute_flags(rounds), significance=significance, min_rounds=min_rounds)
+
+
+def suspects_among(
+    attributions: Mapping[int, Attribution], *, significance: float = 0.01, min_rounds: int = 3
+) -> tuple[int, ...]:
+    """The clients of ``attributions`` whose p-value is below ``significance / len``
+    (Bonferroni over every client tested) after at least ``min_rounds`` rounds, sorted."""
     if not 0.0 < significance < 1.0:
         raise ValueError(f"significance must be in (0, 1), got {significance!r}")
     if min_rounds < 1:
         raise ValueError(f"min_rounds must be ≥ 1, got {min_rounds!r}")
-    attributions = attribute_flags(rounds)
     if not attributions:
         return ()
     cut_off = significance / len(attributions)

@@ -27,6 +27,7 @@ from flwr.serverapp import Grid
 
 from ztfl.aggregation import ModelSpec, Pipeline, ToleranceError
 from ztfl.aggregation.anomaly import anomaly_scores
+from ztfl.aggregation.group_attribution import GroupRound
 from ztfl.aggregation.privacy.accounting import PrivacyAccountant
 from ztfl.aggregation.privacy.adaptive_clipping import (
     AdaptiveClipNorm,
@@ -59,10 +60,15 @@ from .history import (
     VerificationFailure,
 )
 from .ledger import RunLedger
-from .quarantine import Decision, QuarantineHook, QuarantinePolicy, round_observations
+from .quarantine import Decision, QuarantineHook, QuarantinePolicy, Signal, round_observations
 from .run_state import CoordinatorState
 from .sampling import NodeSampler
-from .secure_round import fixed_denominator_sum, secure_aggregator
+from .secure_round import (
+    GroupStatus,
+    SecureRoundResult,
+    fixed_denominator_sum,
+    secure_aggregator,
+)
 from .unpacking import collect_updates
 
 logger = logging.getLogger(__name__)
@@ -160,10 +166,14 @@ class Coordinator:
         self._adaptive_clip: AdaptiveClipNorm | None = None
         self._update_noise_multiplier: float | None = None
         self._noise_generator = noise_generator or secure_generator()
-        # Quarantine never leaves fewer eligible nodes than a round needs.
+        # Quarantine never leaves fewer eligible nodes than a round needs (in secure mode the
+        # pipeline's rows are groups of at least k members).
+        members_per_row = config.group_size if config.secure_aggregation else 1
         self.quarantine = QuarantinePolicy(
             config.quarantine_config(),
-            minimum_population=max(self.pipeline.minimum_clients(), config.clients_per_round, 1),
+            minimum_population=max(
+                self.pipeline.minimum_clients() * members_per_row, config.clients_per_round, 1
+            ),
             hooks=quarantine_hooks,
         )
         self._answered: frozenset[int] = frozenset()
@@ -391,6 +401,19 @@ class Coordinator:
             if record.anomaly_scores is None
             else {int(node): score for node, score in record.anomaly_scores.items()}
         )
+        attributed = None
+        if record.groups:
+            # Secure mode: members are observed through attribution, never their group's flag.
+            ids = list(record.groups)
+            group_scores = record.group_scores or {}
+            attributed = self.quarantine.attribute(
+                GroupRound(
+                    tuple(record.groups[group] for group in ids),
+                    frozenset(i for i, group in enumerate(ids) if group in record.flagged_groups),
+                    record.server_round,
+                ),
+                [group_scores.get(group) for group in ids],
+            )
         observations = round_observations(
             record.server_round,
             sampled=record.sampled_nodes,
@@ -399,6 +422,7 @@ class Coordinator:
             verification_failures=record.verification_failures,
             scores=scores,
             ramp=self.quarantine.config.ramp,
+            attributed=attributed,
         )
         incidents = self.quarantine.observe(observations, connected=grid.get_node_ids())
         for incident in incidents:
@@ -419,6 +443,13 @@ class Coordinator:
                 incident.node_id
                 for incident in incidents
                 if incident.decision is Decision.QUARANTINED
+            ),
+            suspected=tuple(
+                sorted(
+                    node
+                    for node, observation in (attributed or {}).items()
+                    if observation.signal is Signal.SUSPECTED
+                )
             ),
         )
 
@@ -628,6 +659,12 @@ class Coordinator:
                 selected_rows if self.pipeline.preserves_rows else None,
             ).score.tolist()
         )
+        # Secure mode scores group means by the same rule (not in DP mode either).
+        group_scores, groups, flagged_groups = (
+            self._score_groups(secure, collected.matrix, aggregate, selected_rows)
+            if secure is not None and self.accountant is None
+            else (None, None, ())
+        )
         federated: dict[str, float] = {}
         # In DP mode clients' evaluation figures would be released without noise: not asked.
         if self.config.federated_evaluation and self.accountant is None:
@@ -649,7 +686,35 @@ class Coordinator:
             anomaly_scores=None
             if scores is None
             else {str(node): score for node, score in zip(collected.node_ids, scores, strict=True)},
+            group_scores=group_scores,
+            groups=groups,
+            flagged_groups=flagged_groups,
         )
+
+    def _score_groups(
+        self,
+        secure: SecureRoundResult,
+        means: torch.Tensor,
+        centre: torch.Tensor,
+        selected_rows: Sequence[int] | None,
+    ) -> tuple[dict[str, float], dict[str, tuple[int, ...]], tuple[str, ...]]:
+        """Secure mode: each accepted group mean scored as plaintext mode scores an update,
+        against the robust centre over the group means; a group is flagged when its score
+        reaches the policy's flag score, or when its mean was refused (longer than C)."""
+        rows = anomaly_scores(
+            means, centre, selected_rows if self.pipeline.preserves_rows else None
+        ).score.tolist()
+        scores = {group.group_id: score for group, score in zip(secure.accepted, rows, strict=True)}
+        groups = {
+            group.group_id: group.survivors
+            for group in secure.groups
+            if group.status is not GroupStatus.ABORTED and group.survivors
+        }
+        flag_score = self.quarantine.config.attribution.flag_score
+        flagged = tuple(
+            group for group in groups if group not in scores or scores[group] >= flag_score
+        )
+        return scores, groups, flagged
 
     def _read_client_verdicts(
         self, replies: Sequence[Message], sampled: Sequence[int], server_round: int, phase: str

@@ -65,7 +65,18 @@ class RoundRecord:
     """With DP: z, C, q, δ and ε spent after this round (what the signed manifest states)."""
     anomaly_scores: dict[str, float] | None = None
     """Plaintext rounds that aggregated: each accepted node's anomaly score (node id as text).
-    None in DP mode (never computed: docs/monitoring.md) and in skipped rounds."""
+    None in DP mode (never computed: docs/monitoring.md), in secure mode (no update is seen)
+    and in skipped rounds."""
+    group_scores: dict[str, float] | None = None
+    """Secure rounds that aggregated (not DP): each accepted group mean's anomaly score, by
+    group id (``"<round>-<index>"``, as the audit log names groups)."""
+    groups: dict[str, tuple[int, ...]] | None = None
+    """Secure rounds with group scores: the members whose updates each scored group's mean
+    holds (accepted groups, and groups whose mean was refused), by group id."""
+    flagged_groups: tuple[str, ...] = ()
+    """Groups flagged this round: score at or above the flag score, or mean refused."""
+    suspected: tuple[int, ...] = ()
+    """Secure mode: nodes attribution suspects after this round (docs/monitoring.md)."""
     reputation: dict[str, float] | None = None
     """Every observed node's reputation after this round (node id as text)."""
     quarantined: tuple[int, ...] = ()
@@ -106,9 +117,22 @@ class RoundRecord:
             )
             for item in data.get("verification_failures", [])
         )
-        for name in ("sampled_nodes", "accepted_nodes", "selected_nodes", "weights", "quarantined"):
+        for name in (
+            "sampled_nodes",
+            "accepted_nodes",
+            "selected_nodes",
+            "weights",
+            "quarantined",
+            "flagged_groups",
+            "suspected",
+        ):
             if values.get(name) is not None:
                 values[name] = tuple(values[name])
+        if values.get("groups") is not None:
+            values["groups"] = {
+                group: tuple(int(node) for node in members)
+                for group, members in values["groups"].items()
+            }
         return cls(**values)
 
 

@@ -12,6 +12,15 @@ its certificate or unregister its Flower node. Only an operator releases it
 
 Quarantine never takes the eligible population below what the pipeline needs:
 such a decision is deferred and audited instead.
+
+Secure mode scores group means, not updates, so a group's score is never a
+member's observation: the policy keeps which clients formed which group and which
+groups were flagged (``GroupRound``), and each round a member of a scored group
+is observed through attribution across the random regroupings
+(``ztfl.aggregation.group_attribution``): trust 0 while it is suspected — in
+flagged groups far more often than chance, Bonferroni-corrected — and 1
+otherwise. Sharing a flagged group with an attacker once, or a few times, costs
+an honest client nothing.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ztfl.aggregation import RefusalReason
+from ztfl.aggregation.group_attribution import GroupRound, attribute_flags, suspects_among
 from ztfl.aggregation.reputation import INITIAL_REPUTATION, TrustRamp, updated_reputation
 
 from .history import RefusedUpdate, VerificationFailure
@@ -45,6 +55,10 @@ class Signal(StrEnum):
     """The node answered with an error instead of an update."""
     DROPOUT = "dropout"
     """The node was sampled and did not answer before the round's timeout."""
+    ATTRIBUTED = "attributed"
+    """Secure mode: the node's group was scored and attribution does not suspect it (trust 1)."""
+    SUSPECTED = "suspected"
+    """Secure mode: the node was in flagged groups far more often than chance (trust 0)."""
 
 
 SIGNAL_TRUST: Mapping[Signal, float] = {
@@ -52,10 +66,13 @@ SIGNAL_TRUST: Mapping[Signal, float] = {
     Signal.REFUSED_MODEL: 0.25,
     Signal.CLIENT_ERROR: 0.25,
     Signal.DROPOUT: 0.25,
+    Signal.ATTRIBUTED: 1.0,
+    Signal.SUSPECTED: 0.0,
 }
-"""Trust observed for each protocol signal. A malformed update is full evidence; refusals,
-errors and dropouts happen to honest nodes too (a stale lineage, a crash, a network
-partition), so only repeated ones — 5 in a row with the defaults — quarantine a node."""
+"""Trust observed for each protocol and attribution signal. A malformed update is full
+evidence; refusals, errors and dropouts happen to honest nodes too (a stale lineage, a crash,
+a network partition), so only repeated ones — 5 in a row with the defaults — quarantine a node.
+A suspect is full evidence: the attribution test already demands many flagged rounds."""
 
 
 class Decision(StrEnum):
@@ -75,26 +92,62 @@ class Observation:
     signal: Signal
     trust: float
     score: float | None = None
+    """Plaintext: the node's anomaly score. Secure mode: its group's score (None when the
+    group's mean was refused)."""
+    p_value: float | None = None
+    """Secure mode: the attribution's p-value, P(K ≥ flagged rounds) under chance."""
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready (the audit log's evidence and the state file)."""
-        return {
+        data: dict[str, Any] = {
             "round": self.server_round,
             "signal": self.signal.value,
             "trust": self.trust,
             "score": self.score,
         }
+        if self.p_value is not None:
+            data["p_value"] = self.p_value
+        return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Observation:
         """Rebuild from :meth:`to_json`."""
-        score = data.get("score")
+        score, p_value = data.get("score"), data.get("p_value")
         return cls(
             int(data["round"]),
             Signal(data["signal"]),
             float(data["trust"]),
             None if score is None else float(score),
+            None if p_value is None else float(p_value),
         )
+
+
+@dataclass(frozen=True)
+class AttributionConfig:
+    """Secure mode's group flags and their attribution to clients (docs/monitoring.md)."""
+
+    flag_score: float = 3.0
+    """A group whose mean scores at or above this is flagged (the plaintext ramp's midpoint:
+    where a client's own update would count more as evidence than as trust)."""
+    significance: float = 0.01
+    """Family-wise level: a client is suspected when P(K ≥ k) < significance / clients."""
+    min_rounds: int = 3
+    """Scored rounds a client needs before it can be suspected."""
+    window_rounds: int = 100
+    """Secure rounds kept for attribution (bounds the state and the exact tail's cost)."""
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.flag_score) and self.flag_score > 0):
+            raise ValueError(f"flag_score must be a finite number > 0, got {self.flag_score!r}")
+        if not 0.0 < self.significance < 1.0:
+            raise ValueError(f"significance must be in (0, 1), got {self.significance!r}")
+        if self.min_rounds < 1:
+            raise ValueError(f"min_rounds must be ≥ 1, got {self.min_rounds!r}")
+        if self.window_rounds < self.min_rounds:
+            raise ValueError(
+                f"window_rounds must be ≥ min_rounds ({self.min_rounds}), "
+                f"got {self.window_rounds!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -114,6 +167,8 @@ class QuarantineConfig:
     """Anomaly score → trust observation."""
     evidence_rounds: int = 10
     """How many of a node's latest observations an incident quotes."""
+    attribution: AttributionConfig = field(default_factory=AttributionConfig)
+    """Secure mode: when a group is flagged and when a client is suspected."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.decay < 1.0:
@@ -190,6 +245,7 @@ class Incident:
             "rounds": [item.server_round for item in self.evidence],
             "scores": [item.score for item in self.evidence],
             "signals": [item.signal.value for item in self.evidence],
+            "p_values": [item.p_value for item in self.evidence],
             "trust": [item.trust for item in self.evidence],
             "hooks": [
                 {"hook": item.hook, "ok": item.ok, "detail": item.detail[:300]}
@@ -260,11 +316,13 @@ def round_observations(
     verification_failures: Sequence[VerificationFailure],
     scores: Mapping[int, float] | None,
     ramp: TrustRamp,
+    attributed: Mapping[int, Observation] | None = None,
 ) -> dict[int, Observation]:
     """One observation per sampled node that gave evidence this round (the worst it gave).
 
-    Accepted but unscored updates (DP mode, a skipped round) give none: silence is
-    neither trust nor distrust.
+    ``attributed``: secure mode's observations of the members of scored groups
+    (:meth:`QuarantinePolicy.attribute`). Accepted but unscored updates (DP mode, a skipped
+    round) give none: silence is neither trust nor distrust.
     """
     candidates: dict[int, list[Observation]] = {}
 
@@ -288,6 +346,9 @@ def round_observations(
     for node, score in (scores or {}).items():
         if node in expected:
             add(node, Signal.SCORED, ramp.trust(score), score)
+    for node, observation in (attributed or {}).items():
+        if node in expected:
+            candidates.setdefault(node, []).append(observation)
     return {node: min(items, key=lambda item: item.trust) for node, items in candidates.items()}
 
 
@@ -307,6 +368,10 @@ class QuarantinePolicy:
         self.nodes: dict[int, NodeRecord] = {}
         self.audit_seen = 0
         """The audit log's seq up to which operator releases were applied."""
+        self.group_rounds: list[GroupRound] = []
+        """Secure mode: the latest scored rounds' groups and flags (``window_rounds``)."""
+        self.attribution_since: dict[int, int] = {}
+        """Per released node: the first round its attribution counts again."""
 
     # ------------------------------------------------------------ queries
     @property
@@ -323,7 +388,48 @@ class QuarantinePolicy:
         """Every node's reputation (1.0 until observed)."""
         return {node: record.reputation for node, record in sorted(self.nodes.items())}
 
+    def suspects(self) -> tuple[int, ...]:
+        """Clients attribution suspects over the kept secure rounds, sorted."""
+        settings = self.config.attribution
+        return suspects_among(
+            attribute_flags(self.group_rounds, since=self.attribution_since),
+            significance=settings.significance,
+            min_rounds=settings.min_rounds,
+        )
+
     # ------------------------------------------------------------ decisions
+    def attribute(
+        self, group_round: GroupRound, scores: Sequence[float | None] = ()
+    ) -> dict[int, Observation]:
+        """Add a secure round's groups and flags to the history; observe its members.
+
+        ``scores``: each group's anomaly score, in the order of ``group_round.groups`` (None
+        for a group whose mean was refused), quoted as evidence. A member is observed as
+        SUSPECTED (trust 0) when its p-value over the kept rounds is below the
+        Bonferroni cut-off, else ATTRIBUTED (trust 1) — never from its group's flag alone.
+        """
+        settings = self.config.attribution
+        self.group_rounds = [*self.group_rounds, group_round][-settings.window_rounds :]
+        attributions = attribute_flags(self.group_rounds, since=self.attribution_since)
+        suspected = set(
+            suspects_among(
+                attributions, significance=settings.significance, min_rounds=settings.min_rounds
+            )
+        )
+        observations = {}
+        for index, group in enumerate(group_round.groups):
+            score = scores[index] if index < len(scores) else None
+            for node in group:
+                signal = Signal.SUSPECTED if node in suspected else Signal.ATTRIBUTED
+                observations[node] = Observation(
+                    group_round.server_round,
+                    signal,
+                    SIGNAL_TRUST[signal],
+                    score,
+                    attributions[node].p_value,
+                )
+        return observations
+
     def observe(
         self, observations: Mapping[int, Observation], *, connected: Iterable[int]
     ) -> list[Incident]:
@@ -374,6 +480,8 @@ class QuarantinePolicy:
             node_id, server_round, Decision.RELEASED, record.reputation, tuple(record.evidence)
         )
         self.nodes[node_id] = NodeRecord()
+        # Its earlier secure rounds no longer count against it.
+        self.attribution_since[node_id] = server_round
         return incident
 
     def _falls(self, record: NodeRecord) -> bool:
@@ -406,6 +514,10 @@ class QuarantinePolicy:
         return {
             "nodes": {str(node): record.to_json() for node, record in sorted(self.nodes.items())},
             "audit_seen": self.audit_seen,
+            "group_rounds": [item.to_json() for item in self.group_rounds],
+            "attribution_since": {
+                str(node): start for node, start in sorted(self.attribution_since.items())
+            },
         }
 
     def restore(self, state: Mapping[str, Any]) -> None:
@@ -415,6 +527,9 @@ class QuarantinePolicy:
             for node, record in dict(state.get("nodes", {})).items()
         }
         self.audit_seen = int(state.get("audit_seen", 0))
+        self.group_rounds = [GroupRound.from_json(item) for item in state.get("group_rounds", [])]
+        since = dict(state.get("attribution_since", {}))
+        self.attribution_since = {int(node): int(start) for node, start in since.items()}
 
 
 def read_policy_state(state: Mapping[str, Any] | None) -> dict[int, NodeRecord]:

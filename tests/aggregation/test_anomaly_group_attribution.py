@@ -12,6 +12,7 @@ from ztfl.aggregation.group_attribution import (
     attribute_flags,
     poisson_binomial_tail,
     suspected_clients,
+    suspects_among,
 )
 
 NUM_CLIENTS = 30
@@ -22,7 +23,7 @@ GROUP_SIZE = 3
 def regrouped_rounds(num_rounds: int, seed: int) -> list[GroupRound]:
     """Fresh random groups of 3 each round; a group is flagged when it holds an attacker."""
     generator = random.Random(seed)
-    rounds = []
+    rounds: list[GroupRound] = []
     for _ in range(num_rounds):
         clients = list(range(NUM_CLIENTS))
         generator.shuffle(clients)
@@ -30,7 +31,7 @@ def regrouped_rounds(num_rounds: int, seed: int) -> list[GroupRound]:
             tuple(clients[i : i + GROUP_SIZE]) for i in range(0, NUM_CLIENTS, GROUP_SIZE)
         )
         flagged = frozenset(i for i, group in enumerate(groups) if ATTACKERS & set(group))
-        rounds.append(GroupRound(groups, flagged))
+        rounds.append(GroupRound(groups, flagged, len(rounds) + 1))
     return rounds
 
 
@@ -72,3 +73,28 @@ def test_a_client_in_two_groups_of_one_round_is_refused() -> None:
 def test_a_flagged_index_outside_the_groups_is_refused() -> None:
     with pytest.raises(ValueError, match="flagged"):
         GroupRound(((1, 2),), frozenset({1}))
+
+
+def test_a_round_survives_its_json_form() -> None:
+    for item in regrouped_rounds(3, 1):
+        assert GroupRound.from_json(item.to_json()) == item
+
+
+def test_an_inconsistent_round_in_json_is_refused() -> None:
+    with pytest.raises(ValueError, match="two groups"):
+        GroupRound.from_json({"round": 4, "groups": [[1, 2], [2, 3]], "flagged": []})
+
+
+def test_rounds_before_a_clients_start_do_not_count_for_it_alone() -> None:
+    rounds = regrouped_rounds(20, 0)
+    attacker, honest = min(ATTACKERS), 0
+    everything = attribute_flags(rounds)
+    fresh = attribute_flags(rounds, since={attacker: 16})
+    assert fresh[attacker].rounds == 5
+    assert fresh[attacker].p_value > everything[attacker].p_value
+    assert fresh[honest] == everything[honest]
+
+
+def test_suspects_among_attributions_match_the_suspected_clients() -> None:
+    rounds = regrouped_rounds(20, 2)
+    assert suspects_among(attribute_flags(rounds)) == suspected_clients(rounds)
