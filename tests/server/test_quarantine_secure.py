@@ -21,11 +21,11 @@ from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
 from ztfl.aggregation.group_attribution import GroupRound
-from ztfl.aggregation.secagg import GroupParams
+from ztfl.aggregation.secagg import GroupParams, QuantizationParams, quantize
 from ztfl.client.app import build_client_app
 from ztfl.client.data import ClientData
 from ztfl.client.models import build_model
-from ztfl.client.secure_aggregation import MemberIdentity
+from ztfl.client.secure_aggregation import MemberIdentity, RingInput, UpdateHook
 from ztfl.client.trainer import model_weights
 from ztfl.client.trust_anchor import write_trust_anchor
 from ztfl.server.config import CoordinatorConfig
@@ -261,6 +261,7 @@ def secure_coordinator(
     *,
     num_rounds: int,
     resume: bool = False,
+    hook: UpdateHook = flip_attacker,
     **settings: object,
 ) -> tuple[Coordinator, LoopbackGrid]:
     """A secure coordinator (groups of 3, median over group means) and its nodes' grid."""
@@ -290,7 +291,7 @@ def secure_coordinator(
     app = build_client_app(
         lambda context: node_data[context.node_id],
         load_identity=load_identity,
-        prepare_update=flip_attacker,
+        prepare_update=hook,
     )
     grid = LoopbackGrid(app, anchor)
     coordinator = Coordinator(config, initial, ledger=ledger, roster_signer=SIGNING_KEY.sign)
@@ -318,6 +319,42 @@ def test_a_secure_round_scores_group_means_and_flags_the_attackers_group(
     reputations = history.rounds[-1].reputation
     assert reputations is not None
     assert set(reputations.values()) == {1.0}
+
+
+def test_a_group_whose_mean_was_refused_is_flagged_without_a_score(
+    tmp_path: Path, federation: FederationPaths, node_data: dict[int, ClientData]
+) -> None:
+    def unclipped(
+        vector: np.ndarray, params: GroupParams, message: Message, context: Context
+    ) -> np.ndarray | RingInput:
+        """The attacker runs its own code: an input longer than C, quantized unclipped."""
+        if context.node_id != ATTACKER:
+            return vector
+        q = params.quantization
+        longer = QuantizationParams(2 * q.clip_norm * len(params.members), q.scale)
+        poison = np.full(params.vector_length, 1.0)
+        poison *= 0.99 * longer.clip_norm / np.linalg.norm(poison)
+        return RingInput(quantize(poison, longer, params.modulus_bits))
+
+    coordinator, grid = secure_coordinator(
+        tmp_path,
+        federation,
+        node_data,
+        num_rounds=1,
+        hook=unclipped,
+        pipeline="mean",
+        num_byzantine=0,
+    )
+    try:
+        record = coordinator.run(grid).rounds[0]
+    finally:
+        coordinator.ledger.close()
+    assert record.groups is not None
+    assert record.group_scores is not None
+    refused = next(g for g, members in record.groups.items() if ATTACKER in members)
+    assert refused not in record.group_scores
+    assert refused in record.flagged_groups
+    assert ATTACKER not in record.accepted_nodes
 
 
 def test_a_resumed_secure_run_keeps_the_group_history(
