@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import logging
 import re
-import signal
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ from ztfl.client.supervised_process import (
 from ztfl.client.trust_anchor import TRUST_ANCHOR_KEY
 from ztfl.trust.pki import ClientLayout, PkiError, Role, check_private_key_file
 from ztfl.trust.pki.enrolment import read_enrolment
+from ztfl.trust.transport.lifecycle import serve_until_signalled
 
 __all__ = ["ClientLaunchConfig", "ClientLauncher", "check_enrolment", "node_config_text"]
 
@@ -315,14 +315,4 @@ class ClientLauncher:
 
     async def serve_until_signalled(self) -> None:
         """Start, run until SIGINT/SIGTERM or the SuperNode's exit, then stop."""
-        loop = asyncio.get_running_loop()
-        for signal_number in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signal_number, self.stopped.set)
-        try:
-            await self.start()
-            await self.stopped.wait()
-        finally:
-            await self.stop()
-            for signal_number in (signal.SIGINT, signal.SIGTERM):
-                with contextlib.suppress(Exception):
-                    loop.remove_signal_handler(signal_number)
+        await serve_until_signalled(self, stopped=self.stopped)

@@ -23,7 +23,6 @@ import contextlib
 import json
 import logging
 import os
-import signal
 import ssl
 import tomllib
 from collections.abc import Mapping
@@ -55,6 +54,7 @@ from ztfl.trust.pki import (
     PkiError,
     check_private_key_file,
 )
+from ztfl.trust.transport.lifecycle import serve_until_signalled
 
 __all__ = [
     "DEFAULT_HEALTH_PORT",
@@ -593,14 +593,4 @@ class CoordinatorService:
 
     async def serve_until_signalled(self) -> None:
         """Start, run until SIGINT/SIGTERM or the SuperLink's death, then stop."""
-        loop = asyncio.get_running_loop()
-        for signal_number in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signal_number, self.stopped.set)
-        try:
-            await self.start()
-            await self.stopped.wait()
-        finally:
-            await self.stop()
-            for signal_number in (signal.SIGINT, signal.SIGTERM):
-                with contextlib.suppress(Exception):
-                    loop.remove_signal_handler(signal_number)
+        await serve_until_signalled(self, stopped=self.stopped)

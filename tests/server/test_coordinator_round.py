@@ -17,11 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from flwr.app import Context, Message, MessageType, RecordDict
+from flwr.app import Context, Message, MessageType
 from flwr.clientapp import ClientApp
-from flwr.serverapp import Grid
-from flwr.supercore.run import Run
 
+from tests.support.in_process_grid import InProcessGrid
 from ztfl.aggregation import RefusalReason
 from ztfl.aggregation.privacy.accounting import PrivacyAccountant
 from ztfl.aggregation.privacy.clipping import clip_updates
@@ -74,8 +73,12 @@ EMPTY_NODE_IDS = frozenset({104, 105})
 """Nodes whose dataset is empty in the ``with_two_empty`` grid: they refuse with NO_DATA."""
 
 
-class LoopbackGrid(Grid):
-    """Flower's Grid contract in one process: every message goes straight to a ClientApp."""
+class LoopbackGrid(InProcessGrid):
+    """Every node in this process, pinning the current run's anchor; keeps all traffic.
+
+    Also implements push/pull (the coordinator's path when it does not batch), so both
+    halves of Flower's Grid contract are exercised.
+    """
 
     def __init__(
         self,
@@ -86,8 +89,6 @@ class LoopbackGrid(Grid):
         flower_run_id: int = 1,
         node_settings: Mapping[int, Mapping[str, bool | float | int | str]] | None = None,
     ) -> None:
-        self._client_app = client_app
-
         def node_config(node_id: int) -> dict[str, bool | float | int | str]:
             config: dict[str, bool | float | int | str] = {"trust-anchor": str(anchor_file())}
             if lineage_dirs is not None:
@@ -95,60 +96,32 @@ class LoopbackGrid(Grid):
             config.update((node_settings or {}).get(node_id, {}))
             return config
 
-        self._contexts = {
-            node_id: Context(
-                run_id=flower_run_id,
-                node_id=node_id,
-                node_config=node_config(node_id),
-                state=RecordDict(),
-                run_config={},
-            )
-            for node_id in node_ids
-        }
-        self._run = Run.create_empty(1)
+        super().__init__(
+            client_app,
+            {node_id: node_config(node_id) for node_id in node_ids},
+            flower_run_id=flower_run_id,
+        )
         self._pending: dict[str, Message] = {}
         self.sent: list[Message] = []
         self.received: list[Message] = []
-
-    def set_run(self, run: Run) -> None:
-        self._run = run
-
-    @property
-    def run(self) -> Run:
-        return self._run
-
-    def create_message(
-        self,
-        content: RecordDict,
-        message_type: str,
-        dst_node_id: int,
-        group_id: str,
-        ttl: float | None = None,
-    ) -> Message:
-        return Message(content, dst_node_id, message_type, group_id=group_id, ttl=ttl)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return list(self._contexts)
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         ids = []
         for message in messages:
             message_id = str(len(self.sent) + len(self._pending))
-            self._pending[message_id] = self._deliver(message)
+            reply = self.deliver(message)
+            assert reply is not None
+            self._pending[message_id] = reply
             ids.append(message_id)
         return ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         return [self._pending.pop(message_id) for message_id in message_ids]
 
-    def send_and_receive(
-        self, messages: Iterable[Message], *, timeout: float | None = None
-    ) -> Iterable[Message]:
-        return [self._deliver(message) for message in messages]
-
-    def _deliver(self, message: Message) -> Message:
+    def deliver(self, message: Message) -> Message | None:
         self.sent.append(message)
-        reply = self._client_app(message, self._contexts[message.metadata.dst_node_id])
+        reply = super().deliver(message)
+        assert reply is not None
         self.received.append(reply)
         return reply
 

@@ -14,12 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from flwr.app import Array, ArrayRecord, Context, Message, MessageType, RecordDict
+from flwr.app import Array, ArrayRecord, Message, MessageType
 from flwr.clientapp import ClientApp
-from flwr.serverapp import Grid
-from flwr.supercore.run import Run
 from typer.testing import CliRunner
 
+from tests.support.in_process_grid import InProcessGrid
 from ztfl.cli.nodes import nodes_app
 from ztfl.client import protocol
 from ztfl.client.app import build_client_app
@@ -40,49 +39,12 @@ ATTACKER = 106
 runner = CliRunner()
 
 
-class FlippingLoopbackGrid(Grid):
-    """Flower's Grid contract in one process; the attacker's training replies are flipped."""
+class FlippingLoopbackGrid(InProcessGrid):
+    """Every node in this process; the attacker's training replies are flipped and scaled."""
 
     def __init__(self, client_app: ClientApp, anchor: Path, node_ids: Iterable[int]) -> None:
-        self._client_app = client_app
-        self._contexts = {
-            node: Context(
-                run_id=1,
-                node_id=node,
-                node_config={"trust-anchor": str(anchor)},
-                state=RecordDict(),
-                run_config={},
-            )
-            for node in node_ids
-        }
-        self._run = Run.create_empty(1)
+        super().__init__(client_app, {node: {"trust-anchor": str(anchor)} for node in node_ids})
         self.sampled: list[set[int]] = []
-
-    def set_run(self, run: Run) -> None:
-        self._run = run
-
-    @property
-    def run(self) -> Run:
-        return self._run
-
-    def create_message(
-        self,
-        content: RecordDict,
-        message_type: str,
-        dst_node_id: int,
-        group_id: str,
-        ttl: float | None = None,
-    ) -> Message:
-        return Message(content, dst_node_id, message_type, group_id=group_id, ttl=ttl)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return list(self._contexts)
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        raise NotImplementedError("the coordinator uses send_and_receive")
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        raise NotImplementedError("the coordinator uses send_and_receive")
 
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
@@ -90,17 +52,17 @@ class FlippingLoopbackGrid(Grid):
         outgoing = list(messages)
         if any(m.metadata.message_type == MessageType.TRAIN for m in outgoing):
             self.sampled.append({m.metadata.dst_node_id for m in outgoing})
-        replies = []
-        for message in outgoing:
-            reply = self._client_app(message, self._contexts[message.metadata.dst_node_id])
-            if message.metadata.dst_node_id == ATTACKER and not reply.has_error():
-                update = reply.content.array_records.get(protocol.UPDATE_KEY)
-                if update is not None:
-                    reply.content[protocol.UPDATE_KEY] = ArrayRecord(
-                        {name: Array(-20 * array.numpy()) for name, array in update.items()}
-                    )
-            replies.append(reply)
-        return replies
+        return super().send_and_receive(outgoing, timeout=timeout)
+
+    def deliver(self, message: Message) -> Message | None:
+        reply = super().deliver(message)
+        if reply is not None and message.metadata.dst_node_id == ATTACKER and not reply.has_error():
+            update = reply.content.array_records.get(protocol.UPDATE_KEY)
+            if update is not None:
+                reply.content[protocol.UPDATE_KEY] = ArrayRecord(
+                    {name: Array(-20 * array.numpy()) for name, array in update.items()}
+                )
+        return reply
 
 
 @pytest.fixture(scope="module")

@@ -15,11 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from flwr.app import Context, Message, RecordDict
+from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
-from flwr.serverapp import Grid
-from flwr.supercore.run import Run
 
+from tests.support.in_process_grid import InProcessGrid
 from ztfl.aggregation.group_attribution import GroupRound
 from ztfl.aggregation.secagg import GroupParams, QuantizationParams, quantize
 from ztfl.client.app import build_client_app
@@ -170,56 +169,11 @@ def test_unusable_attribution_settings_are_refused(settings: dict[str, float], n
 
 
 # Through the coordinator ------------------------------------------------------------------
-class LoopbackGrid(Grid):
-    """Flower's Grid contract in one process: each message goes to the node's ClientApp."""
-
-    def __init__(self, client_app: ClientApp, trust_anchor: Path) -> None:
-        self._client_app = client_app
-        self.contexts = {
-            node: Context(
-                run_id=1,
-                node_id=node,
-                node_config={"trust-anchor": str(trust_anchor)},
-                state=RecordDict(),
-                run_config={},
-            )
-            for node in NODE_IDS
-        }
-        self._run = Run.create_empty(1)
-
-    def set_run(self, run: Run) -> None:
-        self._run = run
-
-    @property
-    def run(self) -> Run:
-        return self._run
-
-    def create_message(
-        self,
-        content: RecordDict,
-        message_type: str,
-        dst_node_id: int,
-        group_id: str,
-        ttl: float | None = None,
-    ) -> Message:
-        return Message(content, dst_node_id, message_type, group_id=group_id, ttl=ttl)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return list(self.contexts)
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        raise NotImplementedError
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        raise NotImplementedError
-
-    def send_and_receive(
-        self, messages: Iterable[Message], *, timeout: float | None = None
-    ) -> Iterable[Message]:
-        return [
-            self._client_app(message, self.contexts[message.metadata.dst_node_id])
-            for message in messages
-        ]
+def loopback_grid(client_app: ClientApp, trust_anchor: Path) -> InProcessGrid:
+    """Every node in this process, pinning ``trust_anchor``."""
+    return InProcessGrid(
+        client_app, {node: {"trust-anchor": str(trust_anchor)} for node in NODE_IDS}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -263,7 +217,7 @@ def secure_coordinator(
     resume: bool = False,
     hook: UpdateHook = flip_attacker,
     **settings: object,
-) -> tuple[Coordinator, LoopbackGrid]:
+) -> tuple[Coordinator, InProcessGrid]:
     """A secure coordinator (groups of 3, median over group means) and its nodes' grid."""
     initial = model_weights(build_model("mlp", seed=0))
     config = CoordinatorConfig(
@@ -293,7 +247,7 @@ def secure_coordinator(
         load_identity=load_identity,
         prepare_update=hook,
     )
-    grid = LoopbackGrid(app, anchor)
+    grid = loopback_grid(app, anchor)
     coordinator = Coordinator(config, initial, ledger=ledger, roster_signer=SIGNING_KEY.sign)
     return coordinator, grid
 

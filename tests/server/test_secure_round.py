@@ -11,7 +11,7 @@ same hook the simulation's attackers use.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +19,8 @@ import pytest
 import torch
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
-from flwr.serverapp import Grid
-from flwr.supercore.run import Run
 
+from tests.support.in_process_grid import InProcessGrid, NodeConfig
 from ztfl.aggregation import ModelSpec, RefusalReason, build_pipeline
 from ztfl.aggregation.secagg import (
     GroupParams,
@@ -70,65 +69,26 @@ Hook = Callable[[int, np.ndarray, GroupParams], "np.ndarray | RingInput"]
 IdentityFor = Callable[[int], MemberIdentity]
 
 
-class LoopbackGrid(Grid):
-    """Flower's Grid contract in one process: each message goes to the node's ClientApp."""
+class LoopbackGrid(InProcessGrid):
+    """Every node in this process; records each message's stage, and lets nodes go silent."""
 
     def __init__(
         self,
         client_app: ClientApp,
-        node_configs: Mapping[int, dict[str, bool | float | int | str]],
+        node_configs: Mapping[int, NodeConfig],
         *,
         silent: Mapping[str, frozenset[int]] | None = None,
     ) -> None:
-        self._client_app = client_app
+        super().__init__(client_app, node_configs)
         self._silent = silent or {}
-        self.contexts = {
-            node: Context(
-                run_id=1, node_id=node, node_config=config, state=RecordDict(), run_config={}
-            )
-            for node, config in node_configs.items()
-        }
-        self._run = Run.create_empty(1)
         self.stages: list[str] = []
 
-    def set_run(self, run: Run) -> None:
-        self._run = run
-
-    @property
-    def run(self) -> Run:
-        return self._run
-
-    def create_message(
-        self,
-        content: RecordDict,
-        message_type: str,
-        dst_node_id: int,
-        group_id: str,
-        ttl: float | None = None,
-    ) -> Message:
-        return Message(content, dst_node_id, message_type, group_id=group_id, ttl=ttl)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return list(self.contexts)
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        raise NotImplementedError
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        raise NotImplementedError
-
-    def send_and_receive(
-        self, messages: Iterable[Message], *, timeout: float | None = None
-    ) -> Iterable[Message]:
-        replies = []
-        for message in messages:
-            kind = message.metadata.message_type
-            self.stages.append(kind)
-            node = message.metadata.dst_node_id
-            if node in self._silent.get(kind, frozenset()):
-                continue  # the node vanished: no reply before the timeout
-            replies.append(self._client_app(message, self.contexts[node]))
-        return replies
+    def deliver(self, message: Message) -> Message | None:
+        kind = message.metadata.message_type
+        self.stages.append(kind)
+        if message.metadata.dst_node_id in self._silent.get(kind, frozenset()):
+            return None  # the node vanished: no reply before the timeout
+        return super().deliver(message)
 
 
 @pytest.fixture(scope="module")
