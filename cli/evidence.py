@@ -8,41 +8,26 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-EXIT_OK = 0
-EXIT_NOT_VERIFIED = 1
-EXIT_UNREADABLE = 2
+from .run_folder_options import (
+    EXIT_NOT_VERIFIED,
+    EXIT_UNREADABLE,
+    PublicKeyOption,
+    RunDirArgument,
+    TensorsOption,
+)
 
 console = Console()
 errors = Console(stderr=True)
 
 
 def evidence(
-    run_dir: Annotated[
-        Path,
-        typer.Argument(
-            help="A ztfl simulate run folder or a coordinator state folder (state-dir).",
-            file_okay=False,
-        ),
-    ],
+    run_dir: RunDirArgument,
     out: Annotated[
         Path,
         typer.Option("--out", help="The bundle to create: a new folder, or a file ending in .zip."),
     ],
-    public_key: Annotated[
-        list[Path] | None,
-        typer.Option(
-            "--public-key",
-            help="Verify the signed models against this model-signing public key (PEM) — the "
-            "copy clients pin — instead of the key in the folder. Repeatable (rotated keys).",
-        ),
-    ] = None,
-    tensors: Annotated[
-        bool,
-        typer.Option(
-            "--tensors/--no-tensors",
-            help="Also hash every tensor file against its signed manifest (reads every model).",
-        ),
-    ] = True,
+    public_key: PublicKeyOption = None,
+    tensors: TensorsOption = True,
 ) -> None:
     """Export signed manifests, the audit log and its verification, the privacy ledger,
     participants per round and the configuration, indexed by control with SHA-256s.
