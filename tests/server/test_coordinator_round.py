@@ -74,11 +74,7 @@ EMPTY_NODE_IDS = frozenset({104, 105})
 
 
 class LoopbackGrid(InProcessGrid):
-    """Every node in this process, pinning the current run's anchor; keeps all traffic.
-
-    Also implements push/pull (the coordinator's path when it does not batch), so both
-    halves of Flower's Grid contract are exercised.
-    """
+    """Every node in this process, pinning the current run's anchor; keeps all traffic."""
 
     def __init__(
         self,
@@ -101,22 +97,8 @@ class LoopbackGrid(InProcessGrid):
             {node_id: node_config(node_id) for node_id in node_ids},
             flower_run_id=flower_run_id,
         )
-        self._pending: dict[str, Message] = {}
         self.sent: list[Message] = []
         self.received: list[Message] = []
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        ids = []
-        for message in messages:
-            message_id = str(len(self.sent) + len(self._pending))
-            reply = self.deliver(message)
-            assert reply is not None
-            self._pending[message_id] = reply
-            ids.append(message_id)
-        return ids
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return [self._pending.pop(message_id) for message_id in message_ids]
 
     def deliver(self, message: Message) -> Message | None:
         self.sent.append(message)

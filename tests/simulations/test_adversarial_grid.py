@@ -1,13 +1,13 @@
 """The simulated adversary: a Grid wrapper that marks Byzantine clients and forges their updates.
 
-``LoopbackGrid`` stands in for Flower's simulation engine: it hands each
+``InProcessGrid`` stands in for Flower's simulation engine: it hands each
 message to the real simulation ClientApp with the node's ``Context`` (its
 ``partition-id``) and returns the real replies, so no Ray is needed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -18,17 +18,14 @@ from flwr.app import (
     Array,
     ArrayRecord,
     ConfigRecord,
-    Context,
     Message,
     MessageType,
     RecordDict,
 )
-from flwr.clientapp import ClientApp
 from flwr.common.constant import SUPERLINK_NODE_ID
-from flwr.serverapp import Grid
-from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
+from tests.support.in_process_grid import InProcessGrid
 from ztfl.client import protocol
 from ztfl.client.models import build_model
 from ztfl.client.trainer import model_weights
@@ -44,64 +41,6 @@ NUM_CLIENTS = 6
 NUM_BYZANTINE = 2
 NODE_OF_PARTITION = {partition: 300 - 7 * partition for partition in range(NUM_CLIENTS)}
 """Node ids unrelated to partition order, as Flower's simulated ids are."""
-
-
-class LoopbackGrid(Grid):
-    """Flower's Grid contract in one process: every message goes straight to a ClientApp."""
-
-    def __init__(self, client_app: ClientApp, node_configs: Mapping[int, dict[str, int]]) -> None:
-        self._client_app = client_app
-        self._contexts = {
-            node_id: Context(
-                run_id=1,
-                node_id=node_id,
-                node_config=dict(config),
-                state=RecordDict(),
-                run_config={},
-            )
-            for node_id, config in node_configs.items()
-        }
-        self._run = Run.create_empty(1)
-        self._pending: dict[str, Message] = {}
-
-    def set_run(self, run: Run) -> None:
-        self._run = run
-
-    @property
-    def run(self) -> Run:
-        return self._run
-
-    def create_message(
-        self,
-        content: RecordDict,
-        message_type: str,
-        dst_node_id: int,
-        group_id: str,
-        ttl: float | None = None,
-    ) -> Message:
-        return Message(content, dst_node_id, message_type, group_id=group_id, ttl=ttl)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return list(self._contexts)
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        ids = []
-        for message in messages:
-            message_id = str(len(self._pending))
-            self._pending[message_id] = self._deliver(message)
-            ids.append(message_id)
-        return ids
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return [self._pending.pop(message_id) for message_id in message_ids]
-
-    def send_and_receive(
-        self, messages: Iterable[Message], *, timeout: float | None = None
-    ) -> Iterable[Message]:
-        return [self._deliver(message) for message in messages]
-
-    def _deliver(self, message: Message) -> Message:
-        return self._client_app(message, self._contexts[message.metadata.dst_node_id])
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -151,7 +90,7 @@ def trust_anchor_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def adversary(attack: str, *, seed: int = 0) -> AdversarialGrid:
-    inner = LoopbackGrid(
+    inner = InProcessGrid(
         build_simulation_client_app(_ANCHOR_FILES[0]),
         {node: {"partition-id": part} for part, node in NODE_OF_PARTITION.items()},
     )
@@ -235,7 +174,7 @@ def test_different_seeds_give_the_adversary_different_partitions() -> None:
 
 
 def test_more_attackers_than_clients_are_refused() -> None:
-    inner = LoopbackGrid(build_simulation_client_app(), {})
+    inner = InProcessGrid(build_simulation_client_app(), {})
     with pytest.raises(ValueError, match="only 2 clients"):
         AdversarialGrid(
             inner, attack=resolve_attack("none"), num_byzantine=3, share=DataShare(2, None, 0),

@@ -7,6 +7,7 @@ deliver it, minus the network. Tests subclass it to watch or alter traffic (``de
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Mapping
 
 from flwr.app import Context, Message, RecordDict
@@ -39,6 +40,8 @@ class InProcessGrid(Grid):
             for node, config in node_configs.items()
         }
         self._run = Run.create_empty(1)
+        self._pending: dict[str, Message] = {}
+        self._message_ids = itertools.count()
 
     def set_run(self, run: Run) -> None:
         self._run = run
@@ -61,10 +64,18 @@ class InProcessGrid(Grid):
         return list(self.contexts)
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        raise NotImplementedError("the coordinator uses send_and_receive")
+        """Deliver now, hand the reply out on ``pull_messages`` (a silent node's never comes)."""
+        ids = []
+        for message in messages:
+            message_id = str(next(self._message_ids))
+            reply = self.deliver(message)
+            if reply is not None:
+                self._pending[message_id] = reply
+            ids.append(message_id)
+        return ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        raise NotImplementedError("the coordinator uses send_and_receive")
+        return [self._pending.pop(i) for i in message_ids if i in self._pending]
 
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
