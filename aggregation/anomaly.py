@@ -40,6 +40,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .distances import inner_products_with, row_norms
 from .errors import InvalidUpdatesError
 
 MAD_TO_SIGMA = 1.4826
@@ -111,23 +112,36 @@ def update_features(
         raise InvalidUpdatesError(
             f"centre must have shape ({updates.shape[1]},), got {tuple(centre.shape)}"
         )
-    rows = updates.to(torch.float64)
-    middle = centre.to(device=rows.device, dtype=torch.float64)
-    if not (bool(torch.isfinite(rows).all()) and bool(torch.isfinite(middle).all())):
+    if not bool(torch.isfinite(centre).all()):
         raise InvalidUpdatesError("updates and centre must be finite")
-    norms = torch.linalg.vector_norm(rows, dim=1)
-    centre_norm = torch.linalg.vector_norm(middle)
+    middle = centre.to(device=updates.device)
+    # One pass for the norms and one matrix-vector product, in the matrix's own dtype with
+    # float64 results: never a widened copy of the (n, d) matrix, nor of xᵢ − centre.
+    try:
+        norms = row_norms(updates)
+        inner = inner_products_with(updates, middle)
+    except InvalidUpdatesError:
+        raise InvalidUpdatesError(
+            "updates and centre must be finite, with norms within float64"
+        ) from None
+    centre_64 = middle.to(torch.float64)
+    centre_norm = torch.linalg.vector_norm(centre_64)
     tiny = torch.finfo(torch.float64).tiny
-    cosine = (rows @ middle) / (norms * centre_norm).clamp_min(tiny)
-    discarded = torch.zeros(rows.shape[0], dtype=torch.bool, device=rows.device)
+    cosine = inner / (norms * centre_norm).clamp_min(tiny)
+    squared_distance = (norms.square() - 2.0 * inner + torch.dot(centre_64, centre_64)).clamp_(
+        min=0.0
+    )
+    discarded = torch.zeros(updates.shape[0], dtype=torch.bool, device=norms.device)
     if selected_rows is not None:
         discarded[:] = True
         for row in selected_rows:
-            if not 0 <= row < rows.shape[0]:
-                raise InvalidUpdatesError(f"selected row {row} is outside 0..{rows.shape[0] - 1}")
+            if not 0 <= row < updates.shape[0]:
+                raise InvalidUpdatesError(
+                    f"selected row {row} is outside 0..{updates.shape[0] - 1}"
+                )
             discarded[row] = False
     return UpdateFeatures(
-        distance=torch.linalg.vector_norm(rows - middle, dim=1),
+        distance=squared_distance.sqrt(),
         cosine=cosine.clamp(-1.0, 1.0),
         log_norm=torch.log(norms.clamp_min(tiny)),
         discarded=discarded,

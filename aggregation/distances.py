@@ -41,11 +41,19 @@ def squared_distances_to(
     ``squared_norms`` holds the rows' ‖xᵢ‖² (float64), computed once by iterative
     rules so each iteration reads the matrix only once.
     """
-    inner = (updates @ point).to(torch.float64)
-    if not bool(torch.isfinite(inner).all()):
-        inner = _widened(updates) @ point.to(torch.float64)
+    inner = inner_products_with(updates, point)
     point_norm = torch.dot(point.to(torch.float64), point.to(torch.float64))
     return (squared_norms - 2.0 * inner + point_norm).clamp_(min=0.0)
+
+
+def inner_products_with(updates: torch.Tensor, point: torch.Tensor) -> torch.Tensor:
+    """Return ⟨xᵢ, point⟩ for every row in float64 (one matrix-vector pass, no copy of the
+    matrix unless the product overflows its own dtype)."""
+    inner = (updates @ point.to(updates.dtype)).to(torch.float64)
+    if not bool(torch.isfinite(inner).all()):
+        inner = _widened(updates) @ point.to(torch.float64)
+        _require_finite(inner)
+    return inner
 
 
 def row_squared_norms(updates: torch.Tensor) -> torch.Tensor:
