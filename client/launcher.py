@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Final
 
 from ztfl.client.launch_error import LaunchError, LaunchErrorReason
+from ztfl.client.lineage_file import LINEAGE_DIR_KEY
 from ztfl.client.sidecar import Sidecar, SidecarConfig
 from ztfl.client.supervised_process import (
     ProcessSpec,
@@ -45,7 +46,6 @@ LOOPBACK: Final = "127.0.0.1"
 DEFAULT_RUNTIME_PORT: Final = 9094
 SUPERNODE_HOME: Final = "supernode-home"
 LINEAGE_DIR: Final = "lineage"
-LINEAGE_DIR_KEY: Final = "lineage-dir"
 IDENTITY_DIR_KEY: Final = "identity-dir"
 """``ztfl.client.secure_aggregation.IDENTITY_DIR``, named here so the launcher stays light."""
 _NODE_CONFIG_PAIR: Final = re.compile(r"(\S+?)=('[^']*'|\"[^\"]*\"|\S+)")

@@ -41,3 +41,20 @@ def write_atomically(path: Path, data: bytes) -> None:
             os.unlink(temporary)
         raise
     fsync_directory(path.parent)
+
+
+def create_new_file(path: Path, data: bytes, mode: int) -> None:
+    """Create ``path`` with exactly ``mode`` (whatever the umask), write ``data``, fsync it and
+    its folder. An existing file is never replaced (FileExistsError); a failed write leaves
+    no file behind. For private keys: never overwrite one, never expose one for a moment."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        os.fchmod(descriptor, mode)
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    fsync_directory(path.parent)

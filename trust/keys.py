@@ -13,12 +13,13 @@ SubjectPublicKeyInfo.
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+
+from .durable_files import create_new_file
 
 __all__ = [
     "SigningKey",
@@ -150,18 +151,9 @@ def generate_signing_key() -> SigningKey:
 def _write_new_file(path: Path, data: bytes, mode: int) -> None:
     """Create ``path`` with ``mode`` and write ``data``; an existing file is never replaced."""
     try:
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        create_new_file(path, data, mode)
     except FileExistsError as error:
         raise SigningKeyError(f"{path} already exists; refusing to overwrite a key") from error
-    try:
-        os.fchmod(descriptor, mode)  # the umask may have narrowed or widened nothing; be exact
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
 
 
 def write_signing_key(key: SigningKey, path: Path, passphrase: bytes | None = None) -> None:

@@ -21,7 +21,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ztfl.trust.durable_files import fsync_directory, write_atomically
+from ztfl.trust.durable_files import create_new_file, write_atomically
 
 from .errors import PkiError, PkiErrorReason
 
@@ -48,21 +48,11 @@ def generate_private_key() -> ec.EllipticCurvePrivateKey:
 def _create_private_file(path: Path, data: bytes) -> None:
     """Create ``path`` 0600 and write ``data``; never replaces an existing file."""
     try:
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        create_new_file(path, data, 0o600)
     except FileExistsError:
         raise PkiError(
             PkiErrorReason.ALREADY_EXISTS, f"{path} already exists; refusing to overwrite a key"
         ) from None
-    try:
-        os.fchmod(descriptor, 0o600)  # exact, whatever the umask
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
-    fsync_directory(path.parent)
 
 
 def write_private_key(
