@@ -23,7 +23,6 @@ import os
 import re
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -35,16 +34,21 @@ from typing import Any
 
 import pytest
 
+from tests.support.marked_processes import (
+    LOOPBACK,
+    MARKER_VARIABLE,
+    end_stragglers,
+    free_loopback_port,
+    marked_processes,
+)
 from ztfl.server.ledger import TRUST_ANCHOR_FILE, prepare_state_dir
 from ztfl.trust.audit import AuditEventKind, AuditLog
 from ztfl.trust.keys import generate_signing_key, read_signing_key, write_signing_key
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-LOOPBACK = "127.0.0.1"
 CONNECTION = "ztfl-test"
 NUM_NODES = 2
-MARKER_VARIABLE = "ZTFL_TEST_PROCESS_MARKER"
 ROUND_COMMITTED = re.compile(rf"round 1: {NUM_NODES} accepted, 0 refused, committed")
 RUN_STARTED = re.compile(r"Successfully started run (\d+)")
 RUN_CONFIG = (
@@ -59,10 +63,6 @@ CLI_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 10.0
 ORPHAN_EXIT_TIMEOUT_S = 15.0
 
-# Ports a Ray cluster (e.g. a simulation running beside the tests) binds by
-# default; a port picked by the OS could collide with them later.
-RAY_DEFAULT_PORTS = frozenset({6379, 8076, 8265, 10001, 52365, 62365})
-RAY_WORKER_PORTS = range(10_002, 20_000)
 
 pytestmark = [
     pytest.mark.slow,
@@ -73,17 +73,6 @@ pytestmark = [
         not Path("/proc/self/environ").exists(), reason="process accounting reads /proc"
     ),
 ]
-
-
-def free_loopback_port(taken: set[int]) -> int:
-    """A TCP port free on loopback now, outside Ray's defaults and not handed out yet."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            probe.bind((LOOPBACK, 0))
-            port = int(probe.getsockname()[1])
-        if port not in taken and port not in RAY_DEFAULT_PORTS and port not in RAY_WORKER_PORTS:
-            taken.add(port)
-            return port
 
 
 class LoopbackFederation:
@@ -274,22 +263,8 @@ class LoopbackFederation:
                 pytest.fail(f"{name} exited early with code {process.returncode}")
 
     def marked_processes(self) -> dict[int, str]:
-        """Live processes carrying this test's marker (zombies excluded): pid → command line."""
-        needle = f"{MARKER_VARIABLE}={self.marker}".encode()
-        found: dict[int, str] = {}
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit() or int(entry.name) == os.getpid():
-                continue
-            try:
-                if (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
-                    continue
-                if needle not in (entry / "environ").read_bytes().split(b"\0"):
-                    continue
-                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
-                continue  # gone meanwhile, or not ours to read
-            found[int(entry.name)] = command.strip()
-        return found
+        """Live processes carrying this test's marker: pid → command line."""
+        return marked_processes(self.marker)
 
     def shutdown(self) -> None:
         """Stop our processes, give Flower's own children time to exit, kill stragglers."""
@@ -298,17 +273,7 @@ class LoopbackFederation:
         self.stopped = True
         for name in sorted(self.processes, key=lambda name: name == "superlink"):
             _stop_group(self.processes[name])
-        deadline = time.monotonic() + ORPHAN_EXIT_TIMEOUT_S
-        while self.marked_processes() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            stragglers = self.marked_processes()
-            for pid, command in stragglers.items():
-                self.forced.append(f"{sig.name} {pid} {command}")
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, sig)
-            if stragglers:
-                time.sleep(2.0)
+        self.forced.extend(end_stragglers(self.marker, grace_s=ORPHAN_EXIT_TIMEOUT_S))
 
     def report(self) -> str:
         """Every captured log, for the failure report."""

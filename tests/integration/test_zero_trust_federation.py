@@ -46,6 +46,13 @@ from cryptography.x509.oid import NameOID
 from flwr.common.config import parse_config_args
 from typer.testing import CliRunner
 
+from tests.support.marked_processes import (
+    LOOPBACK,
+    MARKER_VARIABLE,
+    end_stragglers,
+    free_loopback_port,
+    marked_processes,
+)
 from ztfl.cli.main import app
 from ztfl.client.launch_error import LaunchError, LaunchErrorReason
 from ztfl.client.launcher import check_enrolment, node_config_text
@@ -62,11 +69,9 @@ from ztfl.trust.pki.provisioning import FederationPaths, enrol_member, provision
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-LOOPBACK = "127.0.0.1"
 FEDERATION = "zerotrust"
 NODES = ("alice", "bob", "carol")
 OFF_LIST_CLIENT = "dora"
-MARKER_VARIABLE = "ZTFL_TEST_PROCESS_MARKER"
 APP_SOURCES = ("pyproject.toml", "aggregation", "server", "client", "simulations", "cli", "trust")
 RUN_STARTED = re.compile(r"run id (\d+)")
 
@@ -78,9 +83,6 @@ STOP_TIMEOUT_S = 30.0
 ORPHAN_EXIT_TIMEOUT_S = 15.0
 CLI_TIMEOUT_S = 60.0
 
-# Ports a Ray cluster (e.g. a simulation running beside the tests) binds by default.
-RAY_DEFAULT_PORTS = frozenset({6379, 8076, 8265, 10001, 52365, 62365})
-RAY_WORKER_PORTS = range(10_002, 20_000)
 
 # The federation tests are slow (real processes); the refusals at start-up below them are not.
 pytestmark = [
@@ -92,17 +94,6 @@ pytestmark = [
         not Path("/proc/self/environ").exists(), reason="process accounting reads /proc"
     ),
 ]
-
-
-def free_loopback_port(taken: set[int]) -> int:
-    """A TCP port free on loopback now, outside Ray's defaults and not handed out yet."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            probe.bind((LOOPBACK, 0))
-            port = int(probe.getsockname()[1])
-        if port not in taken and port not in RAY_DEFAULT_PORTS and port not in RAY_WORKER_PORTS:
-            taken.add(port)
-            return port
 
 
 def snapshot_app(destination: Path) -> Path:
@@ -440,22 +431,8 @@ class ZeroTrustFederation:
 
     # ------------------------------------------------------------ shutdown
     def marked_processes(self) -> dict[int, str]:
-        """Live processes carrying this module's marker (zombies excluded): pid → command."""
-        needle = f"{MARKER_VARIABLE}={self.marker}".encode()
-        found: dict[int, str] = {}
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit() or int(entry.name) == os.getpid():
-                continue
-            try:
-                if (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
-                    continue
-                if needle not in (entry / "environ").read_bytes().split(b"\0"):
-                    continue
-                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
-                continue
-            found[int(entry.name)] = command.strip()
-        return found
+        """Live processes carrying this test's marker: pid → command line."""
+        return marked_processes(self.marker)
 
     def stop(self, name: str) -> int | None:
         """SIGTERM one ``ztfl`` process (it stops its own children) and wait for it."""
@@ -481,17 +458,7 @@ class ZeroTrustFederation:
             name: self.stop(name)
             for name in sorted(self.processes, key=lambda name: name == "server")
         }
-        deadline = time.monotonic() + ORPHAN_EXIT_TIMEOUT_S
-        while self.marked_processes() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            stragglers = self.marked_processes()
-            for pid, command in stragglers.items():
-                self.forced.append(f"{sig.name} {pid} {command}")
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, sig)
-            if stragglers:
-                time.sleep(2.0)
+        self.forced.extend(end_stragglers(self.marker, grace_s=ORPHAN_EXIT_TIMEOUT_S))
         return codes
 
     def report(self) -> str:
