@@ -30,7 +30,6 @@ from .metrics import (
     MetricsServer,
     metrics_port,
     serve_metrics,
-    without_metrics_keys,
 )
 
 logger = logging.getLogger(__name__)
@@ -70,7 +69,7 @@ def main(grid: Grid, context: Context) -> None:
     # at INFO; each log upload is itself a request, so the run log would fill
     # with its own transport chatter.
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    config = CoordinatorConfig.from_run_config(without_metrics_keys(context.run_config))
+    config = CoordinatorConfig.from_run_config(context.run_config)  # ignores metrics-port
     try:
         port = metrics_port(context.run_config)
     except ValueError as error:

@@ -51,7 +51,6 @@ __all__ = [
     "MetricsServer",
     "metrics_port",
     "serve_metrics",
-    "without_metrics_keys",
 ]
 
 logger = logging.getLogger(__name__)
@@ -402,11 +401,3 @@ def metrics_port(run_config: Mapping[str, object]) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
         raise ValueError(f"{METRICS_PORT_KEY} must be an integer port 0..65535, got {value!r}")
     return value
-
-
-def without_metrics_keys(run_config: Mapping[str, object]) -> dict[str, object]:
-    """The run config minus the keys this module reads (the coordinator's config refuses them)."""
-    return {key: value for key, value in run_config.items() if key not in _RUN_CONFIG_KEYS}
-
-
-_RUN_CONFIG_KEYS: Final = frozenset({METRICS_PORT_KEY})

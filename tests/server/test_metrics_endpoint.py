@@ -16,6 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from ztfl.aggregation import RefusalReason
+from ztfl.server.config import CoordinatorConfig
 from ztfl.server.gateway.refusal import RequestRefusalReason
 from ztfl.server.history import RefusedUpdate, RoundRecord, VerificationFailure
 from ztfl.server.metrics import (
@@ -26,7 +27,6 @@ from ztfl.server.metrics import (
     MetricsServer,
     metrics_port,
     serve_metrics,
-    without_metrics_keys,
 )
 from ztfl.trust.pki.local_tls import create_local_tls
 from ztfl.trust.refusal import ModelRefusalReason
@@ -268,4 +268,7 @@ def test_metrics_port_run_config_defaults_to_off_and_refuses_bad_values() -> Non
     for bad in (-1, 70000, "9100", True):
         with pytest.raises(ValueError, match="metrics-port"):
             metrics_port({"metrics-port": bad})
-    assert without_metrics_keys({"metrics-port": 1, "pipeline": "mean"}) == {"pipeline": "mean"}
+    # The ServerApp reads it; the coordinator's own configuration leaves it alone.
+    assert CoordinatorConfig.from_run_config({"metrics-port": 1, "pipeline": "mean"}).pipeline == (
+        "mean"
+    )
